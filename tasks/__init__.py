@@ -1,0 +1,1 @@
+"""Task adapters (installed as scmoe_eval.tasks)."""
