@@ -1,0 +1,280 @@
+"""Batched decode loop: stock/routed decoding and SCMoE (strong vs weak routing of one MoE).
+
+One loop serves every strategy; what differs is the *scorer* that turns the fed tokens into (N, V)
+next-token scores:
+- `_PlainScorer`: one forward per step, every row under one routing policy (None = stock).
+- `_PairedScorer` (SCMoE, batched): prompt i occupies rows (2i, 2i+1) = (strong, weak) of ONE forward
+  and ONE KV cache, so the weak prefill runs under weak routing too, as in the paper's code.
+- `_TwoPassScorer` (SCMoE, two-pass): a strong and a weak forward per step, each with its own cache.
+Rows that finish are dropped from the batch and the cache (measured faster than keeping them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache
+
+from scmoe_eval.decoding.sampler import GREEDY, Sampler, SamplingParams
+from scmoe_eval.decoding.scmoe import scmoe_logits
+from scmoe_eval.decoding.stopping import StopChecker
+
+if TYPE_CHECKING:
+    from scmoe_eval.models.loading import LoadedModel
+    from scmoe_eval.models.routing import RoutingController, RoutingPolicy
+
+Policy = Optional["RoutingPolicy"]  # None = the model's stock routing
+
+# CPU fp32 small-M GEMMs cost ~linearly in rows, so the doubled batch stops paying off on larger
+# models (results/bench/cpu.json); on GPUs one batched forward is always the faster mode.
+_CPU_BATCHED_MAX_HIDDEN = 256
+
+
+@dataclass
+class Generation:
+    """One decoded sample: text cut before the stop (not stripped) plus all generated token ids."""
+
+    text: str
+    token_ids: list[int]
+    stop_reason: str  # "stop" | "eos" | "length"
+    stop: str | None
+    num_tokens: int
+
+    def to_record(self) -> dict:
+        return {
+            "completion": self.text,
+            "token_ids": self.token_ids,
+            "stop_reason": self.stop_reason,
+            "stop": self.stop,
+            "num_tokens": self.num_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """SCMoE settings: strong and weak routing of the same model, plausibility alpha, contrast beta."""
+
+    strong: "RoutingPolicy"
+    weak: "RoutingPolicy"
+    alpha: float = 0.1
+    beta: float = 0.5
+
+
+class _Stream:
+    """One KV cache with its attention mask and next positions, for rows under fixed routing policies."""
+
+    def __init__(self, model: torch.nn.Module, controller: "RoutingController", policies: list[Policy]) -> None:
+        self.model = model
+        self.controller = controller
+        self.policies = policies
+        self.cache = DynamicCache(config=model.config)
+        self.mask: Tensor | None = None  # (R, T) 1 = real token
+        self.next_pos: Tensor | None = None  # (R, 1)
+
+    def _forward(self, ids: Tensor, pos: Tensor) -> Tensor:
+        self.controller.set(self.policies)
+        out = self.model(
+            input_ids=ids, attention_mask=self.mask, position_ids=pos, cache=self.cache, use_cache=True, logits_to_keep=1
+        )
+        return out.logits[:, -1].float()  # (R, V)
+
+    def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """ids, mask (R, L) left-padded -> last-position logits (R, V)."""
+        self.mask = mask
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (R, L): padding does not shift positions
+        self.next_pos = pos[:, -1:] + 1
+        return self._forward(ids, pos)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        """tokens (R,) -> logits (R, V)."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
+        pos = self.next_pos
+        self.next_pos = pos + 1
+        return self._forward(tokens[:, None], pos)
+
+    def select(self, rows: Tensor) -> None:
+        """Keep only `rows` (indices into the current rows) in the batch and the cache."""
+        self.cache.batch_select_indices(rows)
+        self.mask = self.mask[rows]
+        self.next_pos = self.next_pos[rows]
+        keep = rows.tolist()
+        self.policies = [self.policies[r] for r in keep]
+
+
+def _ban(logits: Tensor, ids: Tensor | None) -> Tensor:
+    return logits if ids is None else logits.index_fill(-1, ids, float("-inf"))
+
+
+class _PlainScorer:
+    def __init__(self, model, controller, n: int, policy: Policy, ban: Tensor | None) -> None:
+        self.stream = _Stream(model, controller, [policy] * n)
+        self.ban = ban
+
+    def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
+        return _ban(self.stream.prefill(ids, mask), self.ban)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        return _ban(self.stream.step(tokens), self.ban)
+
+    def select(self, rows: Tensor) -> None:
+        self.stream.select(rows)
+
+
+class _PairedScorer:
+    """SCMoE in one forward: rows (2i, 2i+1) = (strong_i, weak_i), the same token fed to both."""
+
+    def __init__(self, model, controller, n: int, contrast: Contrast, ban: Tensor | None) -> None:
+        self.stream = _Stream(model, controller, [contrast.strong, contrast.weak] * n)
+        self.contrast = contrast
+        self.ban = ban
+
+    def _score(self, logits: Tensor) -> Tensor:  # (2N, V) -> (N, V)
+        c = self.contrast
+        return scmoe_logits(_ban(logits[0::2], self.ban), logits[1::2], c.alpha, c.beta)
+
+    def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
+        return self._score(self.stream.prefill(ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0)))
+
+    def step(self, tokens: Tensor) -> Tensor:
+        return self._score(self.stream.step(tokens.repeat_interleave(2)))
+
+    def select(self, rows: Tensor) -> None:
+        self.stream.select(torch.stack([2 * rows, 2 * rows + 1], dim=1).flatten())
+
+
+class _TwoPassScorer:
+    """SCMoE as two forwards per step, each with its own cache (the paper code's layout)."""
+
+    def __init__(self, model, controller, n: int, contrast: Contrast, ban: Tensor | None) -> None:
+        self.strong = _Stream(model, controller, [contrast.strong] * n)
+        self.weak = _Stream(model, controller, [contrast.weak] * n)
+        self.contrast = contrast
+        self.ban = ban
+
+    def _score(self, zs: Tensor, zw: Tensor) -> Tensor:
+        return scmoe_logits(_ban(zs, self.ban), zw, self.contrast.alpha, self.contrast.beta)
+
+    def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
+        return self._score(self.strong.prefill(ids, mask), self.weak.prefill(ids, mask))
+
+    def step(self, tokens: Tensor) -> Tensor:
+        return self._score(self.strong.step(tokens), self.weak.step(tokens))
+
+    def select(self, rows: Tensor) -> None:
+        self.strong.select(rows)
+        self.weak.select(rows)
+
+
+class DecodeEngine:
+    """Generates completions for a batch of prompts with one loaded MoE model."""
+
+    def __init__(self, loaded: "LoadedModel") -> None:
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.controller = loaded.controller
+        self.device = torch.device(loaded.device)
+        self.sampler = Sampler()
+        self.eos_ids = self._eos_ids()
+
+    def _eos_ids(self) -> list[int]:
+        ids: set[int] = set()
+        for source in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if source is not None:
+                ids.update([source] if isinstance(source, int) else source)
+        return sorted(ids)
+
+    def default_two_pass(self) -> bool:
+        """The faster SCMoE mode for this device and model size (see docs/decoding.md)."""
+        return self.device.type == "cpu" and self.model.config.hidden_size > _CPU_BATCHED_MAX_HIDDEN
+
+    def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Tokenize with BOS (add_special_tokens=True, as the paper's code) and LEFT-pad: ids, mask (N, L)."""
+        rows = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        pad = pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0)
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        return ids, mask
+
+    def _generators(self, seeds: Sequence[int] | None, n: int, sampling: SamplingParams) -> list[torch.Generator] | None:
+        if sampling.greedy:
+            return None
+        if seeds is None or len(seeds) != n:
+            raise ValueError("sampling needs one seed per prompt")
+        return [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        stops: Sequence[str] = (),
+        max_new_tokens: int,
+        seeds: Sequence[int] | None = None,
+        sampling: SamplingParams = GREEDY,
+        routing: Policy = None,
+        contrast: Contrast | None = None,
+        ban_eos: bool = False,
+        two_pass: bool | None = None,
+    ) -> list[Generation]:
+        """Decode every prompt until EOS (unless banned), a stop string, or max_new_tokens.
+
+        `routing` applies to plain decoding; `contrast` switches to SCMoE (its own strong/weak policies),
+        batched or `two_pass` (None: the faster mode for the device). One seed per prompt drives a
+        per-row generator, so a sample never depends on the rest of the batch.
+        """
+        n = len(prompts)
+        if n == 0:
+            return []
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        generators = self._generators(seeds, n, sampling)
+        ban = torch.tensor(self.eos_ids, device=self.device) if ban_eos and self.eos_ids else None
+        if contrast is None:
+            scorer = _PlainScorer(self.model, self.controller, n, routing, ban)
+        elif self.default_two_pass() if two_pass is None else two_pass:
+            scorer = _TwoPassScorer(self.model, self.controller, n, contrast, ban)
+        else:
+            scorer = _PairedScorer(self.model, self.controller, n, contrast, ban)
+        checker = StopChecker(self.tokenizer, stops)
+        eos = set() if ban_eos else set(self.eos_ids)
+
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        reasons: list[str | None] = [None] * n
+        live = list(range(n))  # prompt index of every row still in the batch
+        try:
+            scores = scorer.prefill(*self.encode(prompts))  # (n, V)
+            while True:
+                rows_gen = None if generators is None else [generators[i] for i in live]
+                chosen = self.sampler(scores, sampling, rows_gen)  # (R,)
+                keep: list[int] = []
+                for row, (i, tok) in enumerate(zip(live, chosen.tolist())):
+                    tokens[i].append(tok)
+                    if tok in eos:
+                        reasons[i] = "eos"
+                    elif checker.hit(tokens[i]):
+                        reasons[i] = "stop"
+                    elif len(tokens[i]) >= max_new_tokens:
+                        reasons[i] = "length"
+                    else:
+                        keep.append(row)
+                if not keep:
+                    break
+                if len(keep) < len(live):
+                    rows = torch.tensor(keep, device=self.device)
+                    scorer.select(rows)
+                    chosen = chosen[rows]
+                    live = [live[r] for r in keep]
+                scores = scorer.step(chosen)
+        finally:
+            self.controller.set(None)
+        return [self._finish(checker, ids, reason) for ids, reason in zip(tokens, reasons)]
+
+    @staticmethod
+    def _finish(checker: StopChecker, ids: list[int], reason: str | None) -> Generation:
+        decoded = checker.finish(ids)
+        return Generation(decoded.text, ids, reason or "length", decoded.stop, len(ids))
