@@ -1,13 +1,18 @@
 """Typed configuration schemas (Hydra structured configs).
 
-One dataclass per config group. YAML files under `conf/` are validated against these
-before any model is loaded (see `validate`).
+One dataclass per config group. YAML files under `conf/` extend these schemas through
+their defaults lists (`register_configs` puts them in Hydra's ConfigStore), so a typo'd
+key or a string where a number belongs fails at compose time. `validate` then checks
+value ranges; both happen before any model is loaded.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
 
 
 @dataclass
@@ -33,6 +38,7 @@ class ModelConfig:
     trust_remote_code: bool = False  # DeepSeekMoE-16B needs it
     family: Optional[str] = None  # force a family adapter instead of detecting it
     local_files_only: bool = False
+    require_gpu: bool = False  # big checkpoints: fail fast on a machine without CUDA
 
 
 @dataclass
@@ -87,3 +93,76 @@ class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
     logger: Optional[str] = None  # None | wandb
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+ROUTING_KINDS = ("default", "topk", "rank", "topp", "random")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+LOGGERS = (None, "wandb")
+SCMOE_STRATEGIES = ("scmoe", "scmoe-sample")
+
+
+class ConfigError(ValueError):
+    """A bad setting, named by its dotted key so the user knows what to change."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def register_configs() -> None:
+    """Store the dataclasses as schemas: `base_config` for the root, `base_<group>` per group."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=ExperimentConfig)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="strategy", name="base_strategy", node=StrategyConfig)
+    cs.store(group="task", name="base_task", node=TaskConfig)
+
+
+def used_policies(strategy: StrategyConfig) -> dict[str, RoutingConfig]:
+    """The routing policies a strategy actually runs, keyed by their override name."""
+    name = strategy.inner if strategy.name == "self-consistency" else strategy.name
+    if name in SCMOE_STRATEGIES:
+        return {"strategy.strong": strategy.strong, "strategy.weak": strategy.weak}
+    return {"strategy.routing": strategy.routing}
+
+
+def validate(cfg: ExperimentConfig, num_experts: Optional[int] = None) -> None:
+    """Check value ranges; with `num_experts`, also that every k fits the model."""
+    s, r = cfg.strategy, cfg.run
+    _check(s.beta >= 0 and math.isfinite(s.beta), "strategy.beta", f"must be >= 0, got {s.beta}")
+    _check(0 < s.alpha <= 1, "strategy.alpha", f"must be in (0, 1], got {s.alpha}")
+    _check(s.temperature > 0, "strategy.temperature", f"must be > 0, got {s.temperature}")
+    _check(0 < s.top_p <= 1, "strategy.top_p", f"must be in (0, 1], got {s.top_p}")
+    _check(s.top_k >= 0, "strategy.top_k", f"must be >= 0 (0 = off), got {s.top_k}")
+    _check(s.num_samples >= 1, "strategy.num_samples", f"must be >= 1, got {s.num_samples}")
+    _check(s.inner != "self-consistency", "strategy.inner", "cannot itself be self-consistency")
+    for key, policy in used_policies(s).items():
+        _validate_policy(key, policy, num_experts)
+    _check(cfg.model.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {cfg.model.dtype!r}")
+    _check(cfg.logger in LOGGERS, "logger", f"must be null or 'wandb', got {cfg.logger!r}")
+    _check(r.limit is None or r.limit >= 1, "run.limit", f"must be >= 1 or null, got {r.limit}")
+    _check(r.batch_size >= 1, "run.batch_size", f"must be >= 1, got {r.batch_size}")
+    _check(r.max_new_tokens >= 1, "run.max_new_tokens", f"must be >= 1, got {r.max_new_tokens}")
+    _check(r.num_shards >= 1, "run.num_shards", f"must be >= 1, got {r.num_shards}")
+    _check(0 <= r.shard < r.num_shards, "run.shard", f"must be in [0, {r.num_shards}), got {r.shard}")
+    _check(cfg.task.timeout > 0, "task.timeout", f"must be > 0, got {cfg.task.timeout}")
+
+
+def _validate_policy(key: str, policy: RoutingConfig, num_experts: Optional[int]) -> None:
+    kinds = ", ".join(ROUTING_KINDS)
+    _check(policy.kind in ROUTING_KINDS, f"{key}.kind", f"must be one of {kinds}, got {policy.kind!r}")
+    if policy.kind == "topp":
+        _check(0 < policy.p <= 1, f"{key}.p", f"must be in (0, 1], got {policy.p}")
+    if policy.kind in ("topk", "rank", "random"):
+        _check(policy.k >= 1, f"{key}.k", f"must be >= 1 (ranks count from 1), got {policy.k}")
+        if num_experts is not None:
+            _check(
+                policy.k <= num_experts,
+                f"{key}.k",
+                f"{policy.kind}-{policy.k} needs at least {policy.k} experts; the model has {num_experts}",
+            )
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)

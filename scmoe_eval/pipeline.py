@@ -1,0 +1,150 @@
+"""generate -> score -> metrics for one config, resumable at the (item, sample) level.
+
+Run directory = RunStore(run.output_dir, config). Generation appends one fsync'd batch at a
+time, so a killed run loses at most the batch in flight; the next run skips what is done.
+Scoring runs once every shard's records are present (any shard may be the last one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from scmoe_eval.config import ExperimentConfig, used_policies
+from scmoe_eval.preflight import Checked, check
+from scmoe_eval.store import RunStore
+from scmoe_eval.tracking import build_tracker
+
+log = logging.getLogger(__name__)
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
+
+
+def item_seed(run_seed: int, index: int) -> int:
+    """Seed of one item from (run.seed, item index): independent of batching and sharding."""
+    return int(np.random.SeedSequence([run_seed, index]).generate_state(1, dtype=np.uint32)[0])
+
+
+def shard_items(items: Sequence[Any], shard: int, num_shards: int) -> list[Any]:
+    """Shard i takes the items with index % num_shards == i."""
+    return [it for it in items if it.index % num_shards == shard]
+
+
+@contextlib.contextmanager
+def run_log(path: Path) -> Iterator[None]:
+    """Copy every log record of this run into <run_dir>/run.log (appended across resumes)."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def run_experiment(cfg: ExperimentConfig) -> Path:
+    """Check, generate what is missing, then score if the run is complete. Returns the run dir."""
+    checked = check(cfg)
+    cfg_dict = dataclasses.asdict(cfg)  # unresolved model.path: "fixture:mixtral" is portable
+    store = RunStore(Path(cfg.run.output_dir), cfg_dict)
+    with run_log(store.path / "run.log"):
+        log.info("run dir %s (shard %d of %d)", store.path, cfg.run.shard, cfg.run.num_shards)
+        stats = generate(checked, store)
+        tracker = build_tracker(cfg.logger, store.path, cfg_dict)
+        try:
+            metrics = score_store(store, checked.task, checked.items, checked.cfg, tracker)
+            store.write_environment({**stats, "num_experts": checked.num_experts, "scored": metrics is not None})
+        finally:
+            tracker.finish()
+    return store.path
+
+
+def generate(checked: Checked, store: RunStore) -> dict[str, Any]:
+    """Generate this shard's missing (index, sample) records; returns timing stats for environment.json."""
+    from scmoe_eval.decoding.strategies import build_strategy
+
+    cfg, run = checked.cfg, checked.cfg.run
+    strategy = build_strategy(cfg.strategy)
+    done = store.done_keys(run.shard, run.num_shards)
+    mine = shard_items(checked.items, run.shard, run.num_shards)
+    todo = [it for it in mine if any((it.index, j) not in done for j in range(strategy.num_samples))]
+    stats: dict[str, Any] = {"items_total": len(mine), "items_generated": len(todo), "batch_size": run.batch_size}
+    if not todo:
+        log.info("all %d items of this shard already generated", len(mine))
+        return stats
+
+    engine, tokenizer = _engine(checked)
+    lengths = {it.index: len(tokenizer(it.prompt).input_ids) for it in todo}
+    todo.sort(key=lambda it: (-lengths[it.index], it.index))  # longest first: padding and OOMs show up early
+    stops = checked.task.stop_sequences(cfg.task)
+    tokens, start = 0, time.perf_counter()
+    with tqdm(total=len(todo), unit="item", desc=store.path.name[:40], dynamic_ncols=True) as bar:
+        for lo in range(0, len(todo), run.batch_size):
+            batch = todo[lo : lo + run.batch_size]
+            seeds = [item_seed(run.seed, it.index) for it in batch]
+            gens = strategy.generate(
+                engine, [it.prompt for it in batch], stops=stops, max_new_tokens=run.max_new_tokens, seeds=seeds
+            )
+            records = [
+                {"id": it.id, "index": it.index, "sample": j, "seed": sample_seed, **gen.to_record()}
+                for it, seed, row in zip(batch, seeds, gens)
+                for j, (sample_seed, gen) in enumerate(zip(strategy.sample_seeds(seed), row))
+                if (it.index, j) not in done
+            ]
+            store.append(records, run.shard, run.num_shards)
+            tokens += sum(r["num_tokens"] for r in records)
+            bar.update(len(batch))
+            bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.1f}")
+    seconds = time.perf_counter() - start
+    log.info("generated %d items, %d tokens in %.1f s (%.1f tok/s)", len(todo), tokens, seconds, tokens / seconds)
+    return {**stats, "generated_tokens": tokens, "generation_seconds": round(seconds, 3)}
+
+
+def _engine(checked: Checked) -> tuple[Any, Any]:
+    """Load the model (the only slow step), check routing policies against it, wrap it in an engine."""
+    from scmoe_eval.decoding.engine import DecodeEngine
+    from scmoe_eval.models.loading import load_model
+    from scmoe_eval.models.routing import RoutingPolicy
+
+    log.info("loading %s from %s", checked.cfg.model.name, checked.cfg.model.path)
+    loaded = load_model(checked.cfg.model)
+    for policy in used_policies(checked.cfg.strategy).values():
+        loaded.controller.check(RoutingPolicy.from_config(policy))
+    return DecodeEngine(loaded), loaded.tokenizer
+
+
+def score_store(
+    store: RunStore, task: Any, items: list, cfg: ExperimentConfig, tracker: Any = None
+) -> Optional[dict[str, Any]]:
+    """Score all records if every (item, sample) is present; write scored.jsonl + metrics.json."""
+    from scmoe_eval.decoding.strategies import build_strategy
+    from scmoe_eval.scoring.metrics import compute_metrics
+
+    records = store.read_generations()
+    num_samples = build_strategy(cfg.strategy).num_samples
+    present = {(r["index"], r["sample"]) for r in records}
+    missing = sum((it.index, j) not in present for it in items for j in range(num_samples))
+    if missing:
+        log.info("%d (item, sample) records still missing (other shards?); scoring waits for them", missing)
+        return None
+    wanted = {it.index for it in items}
+    records = [r for r in records if r["index"] in wanted]
+    scored = task.score(items, records, cfg.task)
+    metrics = compute_metrics(task, scored)
+    store.write_scored(scored)
+    store.write_metrics(metrics)
+    log.info("metrics: %s", metrics)
+    if tracker is not None:
+        tracker.log_metrics(metrics)
+        tracker.log_samples(scored)
+    return metrics

@@ -1,0 +1,155 @@
+"""Checks that need the outside world (files, the model's config.json, GPUs, the code gate).
+
+They all run before any weights load, so a bad setting costs seconds, not a model load,
+and every failure is a `ConfigError` that names the key to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from scmoe_eval.config import ConfigError, ExperimentConfig, ModelConfig, validate
+
+FIXTURE_PREFIX = "fixture:"
+# Where each family's config.json keeps its routed-expert count.
+EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
+HUB_HINT = (
+    "Point it at a local copy (make reproduce-gsm8k MODEL=/path/to/checkpoint, or model.path=/path/to/checkpoint), "
+    "or try `make demo` for the whole pipeline on a tiny offline model."
+)
+
+
+@dataclass
+class Checked:
+    """A config that passed every check, with what the checks had to look up anyway."""
+
+    cfg: ExperimentConfig  # model.path resolved to a loadable location
+    task: Any  # the registered task object
+    items: list  # all items of the task (after run.limit)
+    num_experts: int
+
+
+def resolve_model_path(model: ModelConfig) -> str:
+    """`fixture:<family>` -> the cached tiny checkpoint (built offline on first use); else unchanged."""
+    if not model.path.startswith(FIXTURE_PREFIX):
+        return model.path
+    from scmoe_eval.models.fixtures import fixture_path
+
+    family = model.path[len(FIXTURE_PREFIX):]
+    try:
+        return str(fixture_path(family))
+    except (KeyError, ValueError) as err:
+        raise ConfigError("model.path", f"no tiny fixture for {family!r}: {err}") from None
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith(("/", "./", "../", "~")) or os.path.isdir(path)
+
+
+def _hub_reachable_or_raise(model: ModelConfig) -> None:
+    """One HEAD request without retries, so an unreachable Hub fails in seconds, not minutes."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    try:
+        get_hf_file_metadata(hf_hub_url(model.path, "config.json", revision=model.revision), timeout=10)
+    except Exception as err:  # noqa: BLE001 - any transport or HTTP failure means the same to the user
+        raise ConfigError(
+            "model.path", f"cannot fetch config.json of {model.path!r} from the Hugging Face Hub ({err}). {HUB_HINT}"
+        ) from None
+
+
+def read_model_config(model: ModelConfig) -> Any:
+    """The checkpoint's transformers config (config.json only, never weights)."""
+    from transformers import AutoConfig
+
+    path = model.path
+    if _looks_local(path):
+        path = os.path.expanduser(path)
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ConfigError("model.path", f"{path!r} is not a checkpoint directory (no config.json). {HUB_HINT}")
+    kwargs = dict(revision=model.revision, trust_remote_code=model.trust_remote_code)
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True, **kwargs)
+    except OSError:
+        if _looks_local(path) or model.local_files_only or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+            raise ConfigError(
+                "model.path", f"{model.path!r} is neither a local checkpoint nor in the Hub cache (offline). {HUB_HINT}"
+            ) from None
+    _hub_reachable_or_raise(model)
+    return AutoConfig.from_pretrained(path, **kwargs)
+
+
+def num_experts(model_config: Any) -> int:
+    """Routed experts per MoE layer, whatever the family calls the field."""
+    configs = [model_config, getattr(model_config, "text_config", None)]
+    for config in filter(None, configs):
+        for key in EXPERT_COUNT_KEYS:
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+    raise ConfigError(
+        "model.path", f"config.json has none of {', '.join(EXPERT_COUNT_KEYS)}: not a Mixture-of-Experts model"
+    )
+
+
+def _check_gpu(model: ModelConfig) -> None:
+    import torch
+
+    wants_cuda = model.device.startswith("cuda") or model.require_gpu
+    if wants_cuda and not torch.cuda.is_available():
+        raise ConfigError(
+            "model.require_gpu" if model.require_gpu else "model.device",
+            f"{model.name} ({model.path}) needs a CUDA GPU and none is visible. {HUB_HINT} "
+            "(model.require_gpu=false forces a CPU run if you really mean it.)",
+        )
+
+
+def _check_task(cfg: ExperimentConfig) -> Any:
+    from scmoe_eval.scoring.execution import CodeExecutionNotAllowed, require_code_execution
+    from scmoe_eval.tasks import TASKS, get_task
+
+    if cfg.task.name not in TASKS:
+        raise ConfigError("task.name", f"unknown task {cfg.task.name!r}; valid: {', '.join(TASKS.names())}")
+    task = get_task(cfg.task.name)
+    if task.is_code:
+        try:
+            require_code_execution(cfg.task)
+        except CodeExecutionNotAllowed as err:
+            raise ConfigError("task.allow_code_execution", str(err)) from None
+    return task
+
+
+def _load_items(task: Any, cfg: ExperimentConfig) -> list:
+    try:
+        items = task.load(cfg.task)
+    except FileNotFoundError as err:
+        key = "task.path" if cfg.task.path else "task.data_dir"
+        raise ConfigError(key, f"data file not found: {err}") from None
+    return items[: cfg.run.limit] if cfg.run.limit else items
+
+
+def _check_strategy(cfg: ExperimentConfig) -> None:
+    from scmoe_eval.decoding.strategies import STRATEGIES
+
+    for key, name in (("strategy.name", cfg.strategy.name), ("strategy.inner", cfg.strategy.inner)):
+        if key == "strategy.inner" and cfg.strategy.name != "self-consistency":
+            continue
+        if name not in STRATEGIES:
+            raise ConfigError(key, f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES.names())}")
+
+
+def check(cfg: ExperimentConfig) -> Checked:
+    """Every check, cheapest first; returns what the run needs next. Raises ConfigError."""
+    validate(cfg)
+    _check_strategy(cfg)
+    task = _check_task(cfg)
+    resolved = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=resolve_model_path(cfg.model)))
+    _check_gpu(resolved.model)
+    experts = num_experts(read_model_config(resolved.model))
+    validate(resolved, num_experts=experts)
+    items = _load_items(task, resolved)
+    return Checked(cfg=resolved, task=task, items=items, num_experts=experts)
+
