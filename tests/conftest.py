@@ -20,3 +20,20 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.fail(f"benchmark data not found at {path}; set SCMOE_SHARED_DIR")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_mixtral_path() -> Path:
+    """Random-weight Mixtral (hidden 64, 4 layers, 8 experts, top-2) + tokenizer, cached across runs."""
+    from scmoe_eval.models.fixtures import fixture_path
+
+    return fixture_path("mixtral")
+
+
+@pytest.fixture(scope="session")
+def tiny_mixtral(tiny_mixtral_path: Path):
+    """The tiny Mixtral as a LoadedModel: float32, CPU, eval mode, routing hooks installed (stock until set)."""
+    from scmoe_eval.config import ModelConfig
+    from scmoe_eval.models.loading import load_model
+
+    return load_model(ModelConfig(name="tiny-mixtral", path=str(tiny_mixtral_path), dtype="float32", device="cpu"))

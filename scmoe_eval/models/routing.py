@@ -1,0 +1,265 @@
+"""Per-batch-row routing policies for MoE models, applied by forward hooks on the routers.
+
+transformers passes no kwargs to the MoE block, so policies travel through a side channel: the
+`RoutingController` holds one policy per batch row and a forward hook on every router replaces
+its (index, weight) selection. Token t of a (B, S) call belongs to row t // S. Every policy is
+computed for all tokens and picked per row with `torch.where`: vectorised, no host syncs.
+All rows share one width K (the widest policy); narrower selections are padded with a duplicate
+valid expert and weight 0, which adds exactly 0 in every experts implementation.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from scmoe_eval.models.families import FamilyAdapter, RouterScores, detect_family
+
+if TYPE_CHECKING:
+    from scmoe_eval.config import RoutingConfig
+
+KINDS = ("default", "topk", "rank", "topp", "random")
+
+
+@dataclass(frozen=True)
+class RoutingPolicy:
+    """One routing rule. `k` is 1-based for `rank` (rank 1 = the top expert, weight 1, paper Eq.4)."""
+
+    kind: str = "default"  # default | topk | rank | topp | random
+    k: int = 2  # topk: experts kept; rank: which ranked expert; random: experts drawn
+    p: float = 0.6  # topp: smallest prefix of experts whose cumulative mass exceeds p
+    seed: int = 0  # random: generator seed
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"routing `kind` {self.kind!r} is unknown; valid: {', '.join(KINDS)}")
+
+    @classmethod
+    def from_config(cls, cfg: "RoutingConfig") -> "RoutingPolicy":
+        return cls(kind=cfg.kind, k=int(cfg.k), p=float(cfg.p), seed=int(cfg.seed))
+
+    @classmethod
+    def default(cls) -> "RoutingPolicy":
+        return cls()
+
+    @classmethod
+    def topk(cls, k: int) -> "RoutingPolicy":
+        return cls(kind="topk", k=k)
+
+    @classmethod
+    def rank(cls, k: int) -> "RoutingPolicy":
+        return cls(kind="rank", k=k)
+
+    @classmethod
+    def topp(cls, p: float) -> "RoutingPolicy":
+        return cls(kind="topp", p=p)
+
+    @classmethod
+    def random(cls, k: int = 1, seed: int = 0) -> "RoutingPolicy":
+        return cls(kind="random", k=k, seed=seed)
+
+    def canonical(self) -> "RoutingPolicy":
+        """The same policy with the fields its kind ignores reset, so equal rules compare equal."""
+        base = RoutingPolicy()
+        return replace(
+            self,
+            k=self.k if self.kind in ("topk", "rank", "random") else base.k,
+            p=self.p if self.kind == "topp" else base.p,
+            seed=self.seed if self.kind == "random" else base.seed,
+        )
+
+    def __str__(self) -> str:
+        return {
+            "default": "default",
+            "topk": f"topk({self.k})",
+            "rank": f"rank({self.k})",
+            "topp": f"topp({self.p})",
+            "random": f"random({self.k}, seed={self.seed})",
+        }[self.kind]
+
+
+@dataclass(frozen=True)
+class _State:
+    policies: tuple[RoutingPolicy, ...]  # one per batch row
+    unique: tuple[RoutingPolicy, ...]  # distinct canonical policies
+    width: int  # K shared by all rows
+    row_policy: torch.Tensor  # (B,) int64 on CPU: index into `unique`
+
+
+def _pad(index: torch.Tensor, weights: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, k) -> (T, width): extra slots repeat the first expert with weight 0 (never the sentinel E)."""
+    extra = width - index.shape[1]
+    if extra == 0:
+        return index, weights
+    index = torch.cat([index, index[:, :1].expand(-1, extra)], dim=1)
+    weights = torch.cat([weights, weights.new_zeros(weights.shape[0], extra)], dim=1)
+    return index, weights
+
+
+class RoutingController:
+    """Forward hooks on every router module; per-batch-row policies through a side channel."""
+
+    def __init__(self, model: nn.Module, adapter: FamilyAdapter | None = None) -> None:
+        self.adapter = adapter if adapter is not None else detect_family(model)
+        self.routers = self.adapter.find_routers(model)
+        if not self.routers:
+            raise ValueError(f"no {self.adapter.name} router modules ({'/'.join(self.adapter.router_suffixes)}) found")
+        self.num_experts = self.adapter.num_experts(self.routers[0])
+        self.default_k = self.adapter.default_k(self.routers[0])
+        self._state: _State | None = None
+        self._row_policy_on: dict[torch.device, torch.Tensor] = {}
+        self._generators: dict[tuple[RoutingPolicy, torch.device], torch.Generator] = {}
+        self._handles = [r.register_forward_hook(self._hook) for r in self.routers]
+        self._handles.append(model.register_forward_pre_hook(self._check_batch, with_kwargs=True))
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def policies(self) -> tuple[RoutingPolicy, ...] | None:
+        """The per-row policies in force, or None for stock routing."""
+        return None if self._state is None else self._state.policies
+
+    def check(self, policy: RoutingPolicy) -> None:
+        """Raise ValueError naming `k` or `p` when the policy cannot run on this model."""
+        if policy.kind in ("topk", "rank", "random") and not 1 <= policy.k <= self.num_experts:
+            raise ValueError(
+                f"routing `k`={policy.k} is out of range for {policy.kind}: this model has "
+                f"{self.num_experts} experts per layer (valid k: 1..{self.num_experts})"
+            )
+        if policy.kind == "topp" and not 0.0 < policy.p <= 1.0:
+            raise ValueError(f"routing `p`={policy.p} is out of range for topp: valid p is in (0, 1]")
+
+    def set(self, policies: Sequence[RoutingPolicy] | None) -> None:
+        """One policy per batch row of the following model calls; None or all-default = stock, bit-exact."""
+        if policies is None or all(p.kind == "default" for p in policies):
+            self._state = None
+            return
+        policies = tuple(policies)
+        for policy in policies:
+            self.check(policy)
+        canon = [p.canonical() for p in policies]
+        unique = tuple(dict.fromkeys(canon))
+        self._state = _State(
+            policies=policies,
+            unique=unique,
+            width=max(self._width(p) for p in unique),
+            row_policy=torch.tensor([unique.index(p) for p in canon], dtype=torch.long),
+        )
+        self._row_policy_on = {}
+
+    @contextmanager
+    def use(self, policies: Sequence[RoutingPolicy] | None) -> Iterator["RoutingController"]:
+        """`set(policies)` for the block, then restore whatever was in force before."""
+        previous, previous_rows = self._state, self._row_policy_on
+        self.set(policies)
+        try:
+            yield self
+        finally:
+            self._state, self._row_policy_on = previous, previous_rows
+
+    def reset_random(self) -> None:
+        """Restart every random policy's stream at its seed (streams otherwise continue across calls)."""
+        self._generators = {}
+
+    def remove(self) -> None:
+        """Remove all hooks; the model routes exactly as stock transformers again."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._state = None
+
+    # ------------------------------------------------------------------ internals
+    def _width(self, policy: RoutingPolicy) -> int:
+        return {
+            "default": self.default_k,
+            "topk": policy.k,
+            "rank": 1,
+            "topp": self.num_experts,  # data-dependent; fixed at E to avoid a host sync
+            "random": policy.k,
+        }[policy.kind]
+
+    def _check_batch(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Refuse a model call whose batch size differs from the number of policies."""
+        if self._state is None:
+            return
+        inputs = kwargs.get("input_ids", kwargs.get("inputs_embeds", args[0] if args else None))
+        if isinstance(inputs, torch.Tensor) and inputs.shape[0] != len(self._state.policies):
+            raise ValueError(
+                f"routing policies were set for {len(self._state.policies)} rows but the model got a batch of "
+                f"{inputs.shape[0]}; call controller.set() with one policy per row"
+            )
+
+    def _generator(self, policy: RoutingPolicy, device: torch.device) -> torch.Generator:
+        key = (policy, device)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(policy.seed)
+        return self._generators[key]
+
+    def _token_policy(self, device: torch.device, tokens_per_row: int) -> torch.Tensor:
+        """(T, 1) index into `unique` for every token; rows are the outer dimension of T."""
+        assert self._state is not None
+        if device not in self._row_policy_on:
+            self._row_policy_on[device] = self._state.row_policy.to(device)
+        return self._row_policy_on[device].repeat_interleave(tokens_per_row)[:, None]
+
+    def _select(
+        self, router: nn.Module, policy: RoutingPolicy, scores: RouterScores
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One policy for all tokens -> (index (T, k'), weights (T, k'))."""
+        adapter, order, gates = self.adapter, scores.order, scores.weights  # (T, E), (T, E)
+        if policy.kind == "rank":
+            index = order[:, policy.k - 1 : policy.k]  # (T, 1)
+            return index, torch.ones(index.shape, dtype=gates.dtype, device=gates.device)
+        if policy.kind == "topk":
+            index = order[:, : policy.k]
+            return index, self._finish(router, gates.gather(1, index), adapter.normalize_topk(router, policy.k))
+        if policy.kind == "topp":
+            sorted_gates = gates.gather(1, order)  # (T, E), best first
+            mass = sorted_gates / sorted_gates.sum(dim=-1, keepdim=True)
+            before = torch.cat([torch.zeros_like(mass[:, :1]), mass.cumsum(dim=-1)[:, :-1]], dim=1)  # (T, E)
+            keep = before <= policy.p  # prefix up to the first expert that takes the mass past p
+            index = torch.where(keep, order, order[:, :1])
+            return index, self._finish(router, sorted_gates * keep, True)
+        # random: k experts uniformly without replacement, per token per layer
+        noise = torch.rand(gates.shape, generator=self._generator(policy, gates.device), device=gates.device)
+        index = noise.argsort(dim=-1)[:, : policy.k]  # (T, k)
+        if policy.k == 1:
+            return index, torch.ones(index.shape, dtype=gates.dtype, device=gates.device)
+        return index, self._finish(router, gates.gather(1, index), True)
+
+    def _finish(self, router: nn.Module, weights: torch.Tensor, normalize: bool) -> torch.Tensor:
+        """Renormalise (family epsilon) and apply the family's routed scaling factor."""
+        if normalize:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + self.adapter.norm_eps)
+        scale = self.adapter.scale(router)
+        return weights * scale if scale != 1.0 else weights
+
+    def _hook(self, router: nn.Module, args: tuple, output: Any) -> Any:
+        state = self._state
+        if state is None:
+            return None  # stock output untouched
+        adapter = self.adapter
+        logits = adapter.router_logits(router, args, output)  # (T, E)
+        stock_index, stock_weights = adapter.stock_selection(output)  # (T, k0)
+        tokens, rows = logits.shape[0], len(state.policies)
+        if tokens % rows:
+            raise ValueError(f"router saw {tokens} tokens, not a multiple of the {rows} policy rows")
+        scores = adapter.scores(router, logits) if any(p.kind != "default" for p in state.unique) else None
+        index = weights = token_policy = None
+        for j, policy in enumerate(state.unique):
+            if policy.kind == "default":
+                idx_j, w_j = stock_index, stock_weights
+            else:
+                idx_j, w_j = self._select(router, policy, scores)
+            idx_j, w_j = _pad(idx_j, w_j.to(stock_weights.dtype), state.width)
+            if index is None:
+                index, weights = idx_j, w_j
+                continue
+            if token_policy is None:
+                token_policy = self._token_policy(logits.device, tokens // rows)
+            pick = token_policy == j  # (T, 1)
+            index, weights = torch.where(pick, idx_j, index), torch.where(pick, w_j, weights)
+        return adapter.pack(output, index, weights)
