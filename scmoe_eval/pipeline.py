@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -17,8 +18,8 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from scmoe_eval.config import ExperimentConfig, used_policies
-from scmoe_eval.preflight import Checked, check
+from scmoe_eval.config import ConfigError, ExperimentConfig, used_policies
+from scmoe_eval.preflight import Checked, check, check_task
 from scmoe_eval.store import RunStore
 from scmoe_eval.tracking import build_tracker
 
@@ -121,6 +122,21 @@ def _engine(checked: Checked) -> tuple[Any, Any]:
     for policy in used_policies(checked.cfg.strategy).values():
         loaded.controller.check(RoutingPolicy.from_config(policy))
     return DecodeEngine(loaded), loaded.tokenizer
+
+
+def rescore(run_dir: Path, cfg: ExperimentConfig) -> Optional[dict[str, Any]]:
+    """Score a run directory's saved generations again (`scmoe-eval-score`); no model is loaded.
+
+    `cfg` is the saved config plus user overrides (data dir, execution gate); the store is opened
+    with the saved config itself so such overrides cannot point at another run directory.
+    """
+    saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    store = RunStore(run_dir.parent, saved)
+    if store.path.resolve() != run_dir.resolve():
+        raise ConfigError("RUN_DIR", f"{run_dir} was renamed; its config names {store.path.name}")
+    task, items = check_task(cfg)
+    with run_log(store.path / "run.log"):
+        return score_store(store, task, items, cfg)
 
 
 def score_store(

@@ -131,6 +131,12 @@ def _load_items(task: Any, cfg: ExperimentConfig) -> list:
     return items[: cfg.run.limit] if cfg.run.limit else items
 
 
+def check_task(cfg: ExperimentConfig) -> tuple[Any, list]:
+    """The task and its items, code-execution gate included: all that scoring needs."""
+    task = _check_task(cfg)
+    return task, _load_items(task, cfg)
+
+
 def _check_strategy(cfg: ExperimentConfig) -> None:
     from scmoe_eval.decoding.strategies import STRATEGIES
 
@@ -145,7 +151,7 @@ def check(cfg: ExperimentConfig) -> Checked:
     """Every check, cheapest first; returns what the run needs next. Raises ConfigError."""
     validate(cfg)
     _check_strategy(cfg)
-    task = _check_task(cfg)
+    task = _check_task(cfg)  # the gate before the model; the items after it (they may be big)
     resolved = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=resolve_model_path(cfg.model)))
     _check_gpu(resolved.model)
     experts = num_experts(read_model_config(resolved.model))

@@ -1,0 +1,105 @@
+"""Command-line entry points: `scmoe-eval` (Hydra app), `scmoe-eval-score`, `scmoe-eval-table`.
+
+Bad settings exit with status 2 and one line naming the key, before any model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from scmoe_eval.config import ConfigError, ExperimentConfig, register_configs
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+EXIT_BAD_CONFIG = 2
+log = logging.getLogger("scmoe_eval")
+
+register_configs()
+
+
+def _fail(err: Exception) -> None:
+    """Print a config error without a traceback and exit non-zero (also inside Hydra jobs)."""
+    print(f"scmoe-eval: error: {err}", file=sys.stderr)
+    raise SystemExit(EXIT_BAD_CONFIG)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def _app(cfg: DictConfig) -> None:
+    """One Hydra job = one run config: check, generate, score, metrics."""
+    from scmoe_eval.pipeline import run_experiment
+
+    experiment: ExperimentConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    try:
+        run_dir = run_experiment(experiment)
+    except ConfigError as err:
+        _fail(err)
+    print(run_dir)
+
+
+def main() -> None:
+    """`scmoe-eval [overrides...]`: Hydra parses argv (use -m for sweeps, --help for groups)."""
+    _app()
+
+
+def _load_run_config(run_dir: Path, overrides: Sequence[str]) -> ExperimentConfig:
+    """The config a run directory was made with, plus `key=value` overrides (e.g. task.data_dir)."""
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    merged = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), saved, OmegaConf.from_dotlist(list(overrides)))
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def score_main(argv: Optional[Sequence[str]] = None) -> None:
+    """`scmoe-eval-score RUN_DIR... [key=value...]`: re-score saved generations, no model needed."""
+    parser = argparse.ArgumentParser(prog="scmoe-eval-score", description=score_main.__doc__)
+    parser.add_argument("args", nargs="+", metavar="RUN_DIR|key=value")
+    args = parser.parse_args(argv)
+    overrides = [a for a in args.args if "=" in a]
+    run_dirs = [Path(a) for a in args.args if "=" not in a]
+    if not run_dirs:
+        parser.error("give at least one RUN_DIR")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from scmoe_eval.pipeline import rescore
+
+    for run_dir in run_dirs:
+        if not (run_dir / "config.yaml").is_file():
+            _fail(ConfigError("RUN_DIR", f"{run_dir} is not a run directory (no config.yaml)"))
+        try:
+            metrics = rescore(run_dir, _load_run_config(run_dir, overrides))
+        except ConfigError as err:
+            _fail(err)
+        print(f"{run_dir}: {metrics}")
+
+
+def table_main(argv: Optional[Sequence[str]] = None) -> None:
+    """`scmoe-eval-table [ROOT...] [--paper] [--out DIR]`: compare every scored run under ROOTs."""
+    from scmoe_eval.tables import comparison_table, load_runs, write_table
+
+    parser = argparse.ArgumentParser(prog="scmoe-eval-table", description=table_main.__doc__)
+    parser.add_argument("roots", nargs="*", type=Path, default=[Path("results/runs")])
+    parser.add_argument("--out", type=Path, default=None, help="also write tables (.md/.csv) and plots here")
+    parser.add_argument("--paper", action="store_true", help="paper Table 1 and beta x rank tables, with plots")
+    args = parser.parse_args(argv)
+    runs = load_runs(args.roots)
+    if runs.empty:
+        _fail(ConfigError("ROOT", f"no scored runs (metrics.json) under {', '.join(map(str, args.roots))}"))
+    tables = {"comparison": comparison_table(runs)}
+    if args.paper:
+        from scmoe_eval.tables import paper_beta_rank_table, paper_table1
+
+        tables["paper_table1"] = paper_table1(runs)
+        tables["paper_beta_rank"] = paper_beta_rank_table(runs)
+    for name, frame in tables.items():
+        print(f"\n## {name}\n\n{frame.to_markdown()}")
+        if args.out is not None:
+            write_table(frame, args.out / name)
+    if args.paper and args.out is not None:
+        from scmoe_eval.plots import plot_beta_sweep, plot_topk
+
+        plot_beta_sweep(runs, args.out / "beta_sweep.png")
+        plot_topk(runs, args.out / "topk.png")
