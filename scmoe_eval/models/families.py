@@ -3,8 +3,9 @@
 Routing policies (`routing.py`) are family-agnostic; they ask an adapter for
   * the router modules to hook,
   * the router logits, the stock (index, weight) selection, and how to repack a new one,
-  * `RouterScores`: the family's expert order (best first, group limits applied) and the
-    per-expert gate values the family multiplies the chosen experts with,
+  * `RouterScores`: the family's expert order (best first, group limits applied), the
+    per-expert gate values the family multiplies the chosen experts with, and the tensor its
+    own `torch.topk` runs on (so top-k reproduces the family's slot order, `sorted=False` included),
   * whether top-k renormalises, the epsilon it adds, and the routed scaling factor.
 Each adapter mirrors its transformers 5.24 router exactly, so `topk(model's own k)` reproduces
 stock routing bit for bit.
@@ -30,6 +31,7 @@ class RouterScores:
 
     order: torch.Tensor  # (T, E) int64: expert ids, best first, under the family's ranking
     weights: torch.Tensor  # (T, E): gate value per expert before renormalisation / scaling
+    topk_key: torch.Tensor  # (T, E): what the family's own torch.topk runs on (groups masked as it does)
 
 
 class FamilyAdapter:
@@ -39,6 +41,7 @@ class FamilyAdapter:
     model_types: ClassVar[tuple[str, ...]]
     router_suffixes: ClassVar[tuple[str, ...]] = ("TopKRouter", "TopkRouter")
     norm_eps: ClassVar[float] = 0.0  # added to the top-k sum before dividing, as the family does
+    topk_sorted: ClassVar[bool] = True  # the `sorted=` flag of the family's torch.topk call
 
     def find_routers(self, model: nn.Module) -> list[nn.Module]:
         return [m for m in model.modules() if type(m).__name__.endswith(self.router_suffixes)]
@@ -60,7 +63,7 @@ class FamilyAdapter:
 
     def scores(self, router: nn.Module, logits: torch.Tensor) -> RouterScores:
         probs = F.softmax(logits, dtype=torch.float32, dim=-1)  # (T, E)
-        return RouterScores(order=probs.sort(dim=-1, descending=True).indices, weights=probs)
+        return RouterScores(order=probs.sort(dim=-1, descending=True).indices, weights=probs, topk_key=probs)
 
     def normalize_topk(self, router: nn.Module, k: int) -> bool:
         return bool(getattr(router, "norm_topk_prob", True))
@@ -124,15 +127,18 @@ class DeepseekV2Adapter(FamilyAdapter):
 
     name = "deepseek_v2"
     model_types = ("deepseek_v2",)
+    topk_sorted = False
 
     def scores(self, router: nn.Module, logits: torch.Tensor) -> RouterScores:
         probs = logits.softmax(dim=-1, dtype=torch.float32)  # (T, E)
         if router.topk_method != "group_limited_greedy":
-            return RouterScores(order=probs.sort(dim=-1, descending=True).indices, weights=probs)
+            return RouterScores(order=probs.sort(dim=-1, descending=True).indices, weights=probs, topk_key=probs)
         T, E = probs.shape
         group_scores = probs.view(T, router.num_group, E // router.num_group).max(dim=-1).values
         keep = _group_keep(group_scores, router.topk_group, E)
-        return RouterScores(order=_order_in_groups(probs, keep), weights=probs)
+        return RouterScores(
+            order=_order_in_groups(probs, keep), weights=probs, topk_key=probs.masked_fill(~keep, 0.0)
+        )
 
     def normalize_topk(self, router: nn.Module, k: int) -> bool:
         return False  # HF DeepseekV2TopkRouter ignores config.norm_topk_prob
@@ -149,6 +155,7 @@ class DeepseekV3Adapter(FamilyAdapter):
     name = "deepseek_v3"
     model_types = ("deepseek_v3",)
     norm_eps = 1e-20
+    topk_sorted = False
 
     def scores(self, router: nn.Module, logits: torch.Tensor) -> RouterScores:
         gates = logits.sigmoid()  # (T, E) fp32
@@ -156,7 +163,9 @@ class DeepseekV3Adapter(FamilyAdapter):
         T, E = choice.shape
         group_scores = choice.view(T, router.num_group, E // router.num_group).topk(2, dim=-1).values.sum(dim=-1)
         keep = _group_keep(group_scores, router.topk_group, E)
-        return RouterScores(order=_order_in_groups(choice, keep), weights=gates)
+        return RouterScores(
+            order=_order_in_groups(choice, keep), weights=gates, topk_key=choice.masked_fill(~keep, float("-inf"))
+        )
 
     def scale(self, router: nn.Module) -> float:
         return float(router.routed_scaling_factor)
@@ -177,6 +186,7 @@ class DeepseekMoeAdapter(FamilyAdapter):
     model_types = ("deepseek",)
     router_suffixes = ("MoEGate",)
     norm_eps = 1e-20
+    topk_sorted = False
 
     def num_experts(self, router: nn.Module) -> int:
         return int(router.n_routed_experts)
@@ -195,7 +205,7 @@ class DeepseekMoeAdapter(FamilyAdapter):
         if getattr(router, "scoring_func", "softmax") != "softmax":
             raise ValueError(f"MoEGate scoring_func {router.scoring_func!r} is not supported (only softmax)")
         probs = logits.softmax(dim=-1)  # (T, E) in the model dtype, as the remote code does
-        return RouterScores(order=probs.sort(dim=-1, descending=True).indices, weights=probs)
+        return RouterScores(order=probs.sort(dim=-1, descending=True).indices, weights=probs, topk_key=probs)
 
     def normalize_topk(self, router: nn.Module, k: int) -> bool:
         return k > 1 and bool(router.norm_topk_prob)

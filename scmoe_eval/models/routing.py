@@ -213,8 +213,8 @@ class RoutingController:
         if policy.kind == "rank":
             index = order[:, policy.k - 1 : policy.k]  # (T, 1)
             return index, torch.ones(index.shape, dtype=gates.dtype, device=gates.device)
-        if policy.kind == "topk":
-            index = order[:, : policy.k]
+        if policy.kind == "topk":  # the family's own top-k call: same experts, same slot order
+            index = scores.topk_key.topk(policy.k, dim=-1, sorted=adapter.topk_sorted).indices  # (T, k)
             return index, self._finish(router, gates.gather(1, index), adapter.normalize_topk(router, policy.k))
         if policy.kind == "topp":
             sorted_gates = gates.gather(1, order)  # (T, E), best first
