@@ -23,5 +23,64 @@ install: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
+# ---- runs (scmoe-eval); see docs/usage.md ------------------------------------------------
+SCMOE := $(VENV)/bin/scmoe-eval
+TABLE := $(VENV)/bin/scmoe-eval-table
+RUNS ?= results/runs
+TABLES ?= results/tables
+MODEL_CONFIG ?= mixtral-8x7b
+TASK ?= gsm8k
+ALL_TASKS := gsm8k,strategy_qa,mbpp,human_eval
+EXTRA ?=
+# The paper's data files, read from ../shared/data/<task> when that folder exists; else the pinned Hub datasets.
+DATA_ROOT ?= $(wildcard $(abspath ../shared/data))
+DATA_ARG = $(if $(DATA_ROOT),task.data_dir='$(DATA_ROOT)/$${task.name}')
+MODEL_ARGS = model=$(MODEL_CONFIG) model.path=$(MODEL)
+CODE_ARG = task.allow_code_execution=true
+RUN_ARGS = $(MODEL_ARGS) $(DATA_ARG) $(CODE_ARG) run.output_dir=$(RUNS) $(EXTRA)
+
+# Whole pipeline on the tiny random Mixtral fixture, CPU only, nothing downloaded: 4 tasks x 3 items,
+# greedy vs SCMoE, scored (the tiny model's code is executed in the sandbox), comparison table printed.
+demo: $(VENV)/.installed
+	$(SCMOE) -m model=tiny-mixtral task=$(ALL_TASKS) strategy=greedy,scmoe run.limit=3 run.max_new_tokens=48 \
+		run.batch_size=3 run.output_dir=results/demo $(DATA_ARG) $(CODE_ARG) hydra/launcher=local $(EXTRA)
+	$(TABLE) results/demo
+
+# GSM8K (1,319 items), greedy vs SCMoE (top-2 vs rank-2, beta 0.5) on Mixtral-8x7B; MODEL=/path/to/checkpoint.
+reproduce-gsm8k: $(VENV)/.installed
+	$(SCMOE) -m $(RUN_ARGS) task=gsm8k strategy=greedy,scmoe strategy.beta=0.5 strategy.weak.k=2
+	$(TABLE) $(RUNS) --paper --out $(TABLES)
+
+# Every Mixtral-8x7B experiment of the paper (Tables 1, 7, 8, 9, Fig.5); days of GPU time.
+reproduce-paper: $(VENV)/.installed
+	$(SCMOE) -m $(RUN_ARGS) task=$(ALL_TASKS) strategy=greedy
+	$(SCMOE) experiment=paper-table1 $(RUN_ARGS)
+	$(SCMOE) -m $(RUN_ARGS) task=$(ALL_TASKS) strategy=dynamic strategy.routing.p=0.2,0.3,0.4,0.5,0.6
+	$(SCMOE) -m $(RUN_ARGS) task=$(ALL_TASKS) strategy=topk strategy.routing.k=1,2,3,4,5,6,7,8
+	$(SCMOE) experiment=ablation-weak-rank $(RUN_ARGS)
+	$(SCMOE) -m $(RUN_ARGS) task=$(ALL_TASKS) strategy=scmoe strategy.weak.kind=random strategy.weak.k=1 \
+		strategy.beta=0.1,0.3,0.5,0.7,0.9
+	$(SCMOE) experiment=ideal-strong $(RUN_ARGS)
+	$(SCMOE) experiment=paper-self-consistency $(RUN_ARGS)
+	$(MAKE) paper-table
+
+BETAS ?= 0.1,0.3,0.5,0.7,0.9
+WEAK_KS ?= 1,2,3,4,5,6,7,8
+ALPHAS ?= 0.01,0.05,0.1,0.2,0.5,1.0
+sweep-beta: $(VENV)/.installed
+	$(SCMOE) -m $(RUN_ARGS) task=$(TASK) strategy=scmoe strategy.beta=$(BETAS)
+	$(TABLE) $(RUNS)
+
+sweep-weak-k: $(VENV)/.installed
+	$(SCMOE) -m $(RUN_ARGS) task=$(TASK) strategy=scmoe strategy.weak.k=$(WEAK_KS)
+	$(TABLE) $(RUNS)
+
+sweep-alpha: $(VENV)/.installed
+	$(SCMOE) -m $(RUN_ARGS) task=$(TASK) strategy=scmoe strategy.alpha=$(ALPHAS)
+	$(TABLE) $(RUNS)
+
+paper-table: $(VENV)/.installed
+	$(TABLE) $(RUNS) --paper --out $(TABLES)
+
 clean:
 	rm -rf $(VENV) .cache results/demo
