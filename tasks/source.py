@@ -1,0 +1,85 @@
+"""Where benchmark rows come from: a pinned Hub dataset or a local paper-layout JSONL.
+
+Errors name the file and line (or the Hub id) so a broken or truncated data file is
+found at load time, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+from scmoe_eval.config import TaskConfig
+
+
+class TaskDataError(ValueError):
+    """Benchmark data is missing, malformed or has the wrong number of items."""
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """A dataset pinned by id, subset, split and revision; TaskConfig fields override."""
+
+    dataset: str
+    subset: str | None
+    split: str
+    revision: str
+
+    def resolve(self, cfg: TaskConfig) -> HubSource:
+        return replace(
+            self,
+            dataset=cfg.dataset or self.dataset,
+            subset=cfg.subset if cfg.subset is not None else self.subset,
+            split=cfg.split or self.split,
+            revision=cfg.revision or self.revision,
+        )
+
+    def describe(self) -> str:
+        subset = f"/{self.subset}" if self.subset else ""
+        return f"{self.dataset}{subset} split={self.split} revision={self.revision}"
+
+
+def load_hub_rows(source: HubSource) -> list[dict]:
+    """All rows of the pinned split via `datasets`; an unreachable Hub names the override."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(source.dataset, source.subset, split=source.split,
+                                   revision=source.revision)
+    except Exception as err:  # noqa: BLE001 - offline, missing, auth: all need the same advice
+        raise TaskDataError(
+            f"could not load {source.describe()} from the Hugging Face Hub ({err}). "
+            "Offline? Point task.data_dir=/path at a folder holding the paper's test.jsonl."
+        ) from err
+    return [dict(row) for row in ds]
+
+
+def read_jsonl(path: Path, required: Sequence[str]) -> list[dict]:
+    """Rows of a JSONL file; a malformed line or a missing field names file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise TaskDataError(f"{path}: file not found")
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                raise TaskDataError(f"{path}:{lineno}: empty line")
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise TaskDataError(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise TaskDataError(f"{path}:{lineno}: expected a JSON object")
+            missing = [key for key in required if key not in row]
+            if missing:
+                raise TaskDataError(f"{path}:{lineno}: missing field(s) {missing}")
+            rows.append(row)
+    return rows
+
+
+def check_count(rows: list, expected: int, where: str) -> None:
+    """A benchmark with the wrong size is an error, never a silently different score."""
+    if len(rows) != expected:
+        raise TaskDataError(f"{where}: expected {expected} items, found {len(rows)}")
