@@ -66,16 +66,20 @@ class Contrast:
 class _Stream:
     """One KV cache with its attention mask and next positions, for rows under fixed routing policies."""
 
-    def __init__(self, model: torch.nn.Module, controller: "RoutingController", policies: list[Policy]) -> None:
+    def __init__(
+        self, model: torch.nn.Module, controller: "RoutingController", policies: list["RoutingPolicy"] | None
+    ) -> None:
         self.model = model
         self.controller = controller
-        self.policies = policies
+        self.policies = policies  # one per row; None = stock routing for all rows
         self.cache = DynamicCache(config=model.config)
         self.mask: Tensor | None = None  # (R, T) 1 = real token
         self.next_pos: Tensor | None = None  # (R, 1)
 
     def _forward(self, ids: Tensor, pos: Tensor) -> Tensor:
-        self.controller.set(self.policies)
+        wanted = None if self.policies is None else tuple(self.policies)
+        if self.controller.policies != wanted:  # re-set only on change: keeps the device-side row map
+            self.controller.set(wanted)
         out = self.model(
             input_ids=ids, attention_mask=self.mask, position_ids=pos, cache=self.cache, use_cache=True, logits_to_keep=1
         )
@@ -100,8 +104,8 @@ class _Stream:
         self.cache.batch_select_indices(rows)
         self.mask = self.mask[rows]
         self.next_pos = self.next_pos[rows]
-        keep = rows.tolist()
-        self.policies = [self.policies[r] for r in keep]
+        if self.policies is not None:
+            self.policies = [self.policies[r] for r in rows.tolist()]
 
 
 def _ban(logits: Tensor, ids: Tensor | None) -> Tensor:
@@ -110,7 +114,7 @@ def _ban(logits: Tensor, ids: Tensor | None) -> Tensor:
 
 class _PlainScorer:
     def __init__(self, model, controller, n: int, policy: Policy, ban: Tensor | None) -> None:
-        self.stream = _Stream(model, controller, [policy] * n)
+        self.stream = _Stream(model, controller, None if policy is None else [policy] * n)
         self.ban = ban
 
     def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
@@ -246,7 +250,7 @@ class DecodeEngine:
         tokens: list[list[int]] = [[] for _ in range(n)]
         reasons: list[str | None] = [None] * n
         live = list(range(n))  # prompt index of every row still in the batch
-        try:
+        with self.controller.use(None):  # whatever routing was in force comes back afterwards
             scores = scorer.prefill(*self.encode(prompts))  # (n, V)
             while True:
                 rows_gen = None if generators is None else [generators[i] for i in live]
@@ -270,8 +274,6 @@ class DecodeEngine:
                     chosen = chosen[rows]
                     live = [live[r] for r in keep]
                 scores = scorer.step(chosen)
-        finally:
-            self.controller.set(None)
         return [self._finish(checker, ids, reason) for ids, reason in zip(tokens, reasons)]
 
     @staticmethod

@@ -1,0 +1,290 @@
+"""Decode-speed benchmark: HF generate greedy vs our greedy vs SCMoE (batched and two-pass).
+
+Not a test: it writes JSON (median per-token latency, tokens/s, peak GPU memory) for the docs.
+Every run forces exactly `--new-tokens` tokens (EOS banned, no stop strings) after a `--prompt-len`
+token prompt; methods are interleaved within each round and the median over rounds is reported.
+
+  python scripts/bench_decode.py                      # CPU: tiny + mid random Mixtral fixtures
+  python scripts/bench_decode.py --device cuda --out results/bench/h200.json
+                                                      # Mixtral-8x7B shape, random bf16, built on the GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import transformers
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import AutoModelForCausalLM, AutoTokenizer, MixtralConfig, MixtralForCausalLM, PreTrainedTokenizerFast
+from transformers.models.mixtral.modeling_mixtral import MixtralRotaryEmbedding
+
+from scmoe_eval.decoding.engine import Contrast, DecodeEngine
+from scmoe_eval.models.loading import LoadedModel
+from scmoe_eval.models.routing import RoutingController, RoutingPolicy
+
+METHODS = ("hf_generate", "greedy", "scmoe_batched", "scmoe_two_pass")
+MIXTRAL_8X7B = dict(
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    num_local_experts=8,
+    num_experts_per_tok=2,
+    max_position_embeddings=32768,
+    rope_theta=1e6,
+    rms_norm_eps=1e-5,
+    bos_token_id=1,
+    eos_token_id=2,
+    tie_word_embeddings=False,
+)
+
+
+@dataclass
+class Subject:
+    name: str
+    loaded: LoadedModel
+    engine: DecodeEngine
+
+
+def _wrap(name: str, model: torch.nn.Module, tokenizer, device: str) -> Subject:
+    controller = RoutingController(model)
+    loaded = LoadedModel(model=model, tokenizer=tokenizer, adapter=controller.adapter, controller=controller, device=device)
+    return Subject(name, loaded, DecodeEngine(loaded))
+
+
+def cpu_subjects() -> list[Subject]:
+    """The cached tiny and mid (hidden 512) random Mixtral fixtures, float32."""
+    from scmoe_eval.models.fixtures import fixture_path
+
+    out = []
+    for size in ("tiny", "mid"):
+        path = fixture_path("mixtral", size=size)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        out.append(_wrap(size, model, AutoTokenizer.from_pretrained(path), "cpu"))
+    return out
+
+
+def word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+    """A whitespace word-level tokenizer over ids 0..V-1 ("<pad>", "<s>", "</s>", "w3", ...): no files needed."""
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, vocab_size)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def random_mixtral(config: MixtralConfig, device: str, dtype: torch.dtype) -> MixtralForCausalLM:
+    """Allocate straight on `device` (meta -> to_empty, no CPU copy, no init pass) and fill with N(0, 0.02)."""
+    with torch.device("meta"):
+        model = MixtralForCausalLM(config)
+    model = model.to(dtype).to_empty(device=device).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, 0.02)
+    model.model.rotary_emb = MixtralRotaryEmbedding(config).to(device)  # fp32 buffers to_empty left garbage in
+    return model
+
+
+def cuda_subject() -> Subject:
+    """Mixtral-8x7B-shaped model with random bf16 weights built directly on the GPU."""
+    config = MixtralConfig(**MIXTRAL_8X7B)
+    model = random_mixtral(config, "cuda", torch.bfloat16)
+    return _wrap("mixtral-8x7b-shape", model, word_tokenizer(config.vocab_size), "cuda")
+
+
+def prompts(batch: int, length: int, vocab: int) -> list[str]:
+    """`length`-token prompts (BOS + length-1 words) of random word ids, fixed seed."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, vocab, (batch, length - 1), generator=gen)
+    return [" ".join(f"w{int(i)}" for i in row) for row in ids]
+
+
+def runner(subject: Subject, method: str, texts: list[str], new_tokens: int) -> Callable[[], list[list[int]]]:
+    """A closure that runs one method and returns the generated token ids per prompt."""
+    engine, model = subject.engine, subject.loaded.model
+    contrast = Contrast(RoutingPolicy.topk(2), RoutingPolicy.rank(2), alpha=0.1, beta=0.5)
+    if method == "hf_generate":
+        ids, mask = engine.encode(texts)
+        return lambda: model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_token_id=0,
+        )[:, ids.shape[1] :].tolist()
+    kwargs = dict(max_new_tokens=new_tokens, ban_eos=True)
+    if method == "greedy":
+        return lambda: [g.token_ids for g in engine.generate(texts, **kwargs)]
+    two_pass = method == "scmoe_two_pass"
+    return lambda: [g.token_ids for g in engine.generate(texts, contrast=contrast, two_pass=two_pass, **kwargs)]
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], list[list[int]]], device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def same_rows(a: list[list[int]], b: list[list[int]]) -> float:
+    """Fraction of prompts whose generated ids agree exactly (a sanity check, not a timing)."""
+    return sum(x == y for x, y in zip(a, b)) / len(a)
+
+
+def bench_subject(subject: Subject, batches: list[int], args: argparse.Namespace) -> list[dict]:
+    device = torch.device(subject.loaded.device).type
+    vocab = subject.loaded.model.config.vocab_size
+    rows = []
+    for batch in batches:
+        texts = prompts(batch, args.prompt_len, vocab)
+        fns = {m: runner(subject, m, texts, args.new_tokens) for m in METHODS}
+        warm = {m: fn() for m, fn in fns.items()}  # warm-up: allocator, kernels, lazy inits
+        agree = dict(
+            greedy_vs_hf=same_rows(warm["greedy"], warm["hf_generate"]),
+            batched_vs_two_pass=same_rows(warm["scmoe_batched"], warm["scmoe_two_pass"]),
+        )
+        times: dict[str, list[float]] = {m: [] for m in METHODS}
+        for _ in range(args.rounds):  # interleaved, so drift from neighbours hits every method alike
+            for m, fn in fns.items():
+                times[m].append(timed(fn, device))
+        peaks = measure_peaks(fns, device) if device == "cuda" else {}
+        for m in METHODS:
+            sec = statistics.median(times[m])
+            row = dict(
+                model=subject.name,
+                batch=batch,
+                method=m,
+                ms_per_token=1000 * sec / args.new_tokens,
+                tokens_per_s=batch * args.new_tokens / sec,
+                seconds_runs=[round(t, 5) for t in times[m]],
+                same_tokens=agree,
+            )
+            if m in peaks:
+                row["peak_mem_gib"] = peaks[m]
+            rows.append(row)
+            print(
+                f"{subject.name:>18} B={batch:<2} {m:<15} {row['ms_per_token']:9.2f} ms/token "
+                f"{row['tokens_per_s']:9.1f} tok/s",
+                flush=True,
+            )
+    return rows
+
+
+def measure_peaks(fns: dict[str, Callable[[], list[list[int]]]], device: str) -> dict[str, float]:
+    """Peak allocated GPU memory of one run of each method (GiB, weights included)."""
+    peaks = {}
+    for m, fn in fns.items():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        timed(fn, device)
+        peaks[m] = torch.cuda.max_memory_allocated() / 2**30
+    return peaks
+
+
+def kv_cache_gib(config, batch: int, tokens: int, dtype_bytes: int) -> float:
+    """Size of one KV cache (keys + values, all layers) for `batch` rows of `tokens` positions."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * dtype_bytes
+    return batch * tokens * per_token / 2**30
+
+
+def summarize(rows: list[dict], subjects: list[Subject], args: argparse.Namespace) -> dict:
+    """Ratios the targets are stated in, per model and batch."""
+    by = {(r["model"], r["batch"], r["method"]): r for r in rows}
+    out = {}
+    for s in subjects:
+        for b in args.batch:
+            ms = {m: by[(s.name, b, m)]["ms_per_token"] for m in METHODS}
+            entry = dict(
+                greedy_over_hf=ms["greedy"] / ms["hf_generate"],
+                scmoe_batched_over_greedy=ms["scmoe_batched"] / ms["greedy"],
+                scmoe_two_pass_over_greedy=ms["scmoe_two_pass"] / ms["greedy"],
+                batched_over_two_pass=ms["scmoe_batched"] / ms["scmoe_two_pass"],
+                engine_default_mode="two_pass" if s.engine.default_two_pass() else "batched",
+            )
+            peak = {m: by[(s.name, b, m)].get("peak_mem_gib") for m in METHODS}
+            if peak["greedy"] is not None:
+                dtype_bytes = next(s.loaded.model.parameters()).element_size()
+                entry["scmoe_batched_extra_mem_gib"] = peak["scmoe_batched"] - peak["greedy"]
+                entry["scmoe_two_pass_extra_mem_gib"] = peak["scmoe_two_pass"] - peak["greedy"]
+                entry["one_kv_cache_gib"] = kv_cache_gib(
+                    s.loaded.model.config, b, args.prompt_len + args.new_tokens, dtype_bytes
+                )
+            out[f"{s.name}/B{b}"] = entry
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/bench/<device>.json)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=None, help="default: 5 on cpu, 3 on cuda")
+    parser.add_argument(
+        "--experts-impl", default=None, help="set_experts_implementation() for our engine (eager|grouped_mm|batched_mm)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (the dev machine is shared)")
+    args = parser.parse_args()
+    args.rounds = args.rounds or (5 if args.device == "cpu" else 3)
+    out = args.out or Path("results/bench") / f"{args.device}.json"
+
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device visible")
+        subjects = [cuda_subject()]
+        print(f"built random Mixtral-8x7B shape on {torch.cuda.get_device_name()} in {time.perf_counter() - started:.0f}s")
+    else:
+        torch.set_num_threads(args.threads)
+        subjects = cpu_subjects()
+
+    if args.experts_impl:
+        for s in subjects:
+            s.loaded.model.set_experts_implementation(args.experts_impl)
+    rows = []
+    with torch.inference_mode():
+        for s in subjects:
+            rows += bench_subject(s, args.batch, args)
+    summary = summarize(rows, subjects, args)
+    report = dict(
+        device=torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine(),
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        settings=dict(prompt_len=args.prompt_len, new_tokens=args.new_tokens, rounds=args.rounds, batches=args.batch),
+        experts_implementation={s.name: s.loaded.model.config._experts_implementation for s in subjects},
+        results=rows,
+        summary=summary,
+        wall_s=time.perf_counter() - started,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {out} ({report['wall_s']:.0f}s)")
+
+
+if __name__ == "__main__":
+    main()
