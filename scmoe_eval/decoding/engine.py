@@ -11,8 +11,9 @@ Rows that finish are dropped from the batch and the cache (measured faster than 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -194,6 +195,27 @@ class DecodeEngine:
         """The faster SCMoE mode for this device and model size (see docs/decoding.md)."""
         return self.device.type == "cpu" and self.model.config.hidden_size > _CPU_BATCHED_MAX_HIDDEN
 
+    @contextmanager
+    def _decode_kernels(self, policies: Sequence[Policy]) -> Iterator[None]:
+        """Off CPU, run single-token decode steps with `batched_mm` experts, as `generate()` does.
+
+        grouped_mm stays for the prefill. Skipped for top-p routing, whose rows are padded to all E
+        experts and would make batched_mm gather E weight copies per token.
+        """
+        before = self.model.get_experts_implementation()
+        switch = (
+            self.device.type != "cpu"
+            and "grouped_mm" in before.values()
+            and not any(p is not None and p.kind == "topp" for p in policies)
+        )
+        if switch:
+            self.model.set_experts_implementation({k: "batched_mm" if v == "grouped_mm" else v for k, v in before.items()})
+        try:
+            yield
+        finally:
+            if switch:
+                self.model.set_experts_implementation(before)
+
     def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Tokenize with BOS (add_special_tokens=True, as the paper's code) and LEFT-pad: ids, mask (N, L)."""
         rows = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
@@ -249,32 +271,49 @@ class DecodeEngine:
 
         tokens: list[list[int]] = [[] for _ in range(n)]
         reasons: list[str | None] = [None] * n
-        live = list(range(n))  # prompt index of every row still in the batch
+        policies = [routing] if contrast is None else [contrast.strong, contrast.weak]
         with self.controller.use(None):  # whatever routing was in force comes back afterwards
             scores = scorer.prefill(*self.encode(prompts))  # (n, V)
-            while True:
-                rows_gen = None if generators is None else [generators[i] for i in live]
-                chosen = self.sampler(scores, sampling, rows_gen)  # (R,)
-                keep: list[int] = []
-                for row, (i, tok) in enumerate(zip(live, chosen.tolist())):
-                    tokens[i].append(tok)
-                    if tok in eos:
-                        reasons[i] = "eos"
-                    elif checker.hit(tokens[i]):
-                        reasons[i] = "stop"
-                    elif len(tokens[i]) >= max_new_tokens:
-                        reasons[i] = "length"
-                    else:
-                        keep.append(row)
-                if not keep:
-                    break
-                if len(keep) < len(live):
-                    rows = torch.tensor(keep, device=self.device)
-                    scorer.select(rows)
-                    chosen = chosen[rows]
-                    live = [live[r] for r in keep]
-                scores = scorer.step(chosen)
+            with self._decode_kernels(policies):
+                self._decode(scorer, scores, sampling, generators, checker, eos, max_new_tokens, tokens, reasons)
         return [self._finish(checker, ids, reason) for ids, reason in zip(tokens, reasons)]
+
+    def _decode(
+        self,
+        scorer: "_PlainScorer | _PairedScorer | _TwoPassScorer",
+        scores: Tensor,
+        sampling: SamplingParams,
+        generators: list[torch.Generator] | None,
+        checker: StopChecker,
+        eos: set[int],
+        max_new_tokens: int,
+        tokens: list[list[int]],
+        reasons: list[str | None],
+    ) -> None:
+        """Pick, record and feed tokens until every row has finished; fills `tokens` and `reasons`."""
+        live = list(range(len(tokens)))  # prompt index of every row still in the batch
+        while True:
+            rows_gen = None if generators is None else [generators[i] for i in live]
+            chosen = self.sampler(scores, sampling, rows_gen)  # (R,)
+            keep: list[int] = []
+            for row, (i, tok) in enumerate(zip(live, chosen.tolist())):
+                tokens[i].append(tok)
+                if tok in eos:
+                    reasons[i] = "eos"
+                elif checker.hit(tokens[i]):
+                    reasons[i] = "stop"
+                elif len(tokens[i]) >= max_new_tokens:
+                    reasons[i] = "length"
+                else:
+                    keep.append(row)
+            if not keep:
+                break
+            if len(keep) < len(live):
+                rows = torch.tensor(keep, device=self.device)
+                scorer.select(rows)
+                chosen = chosen[rows]
+                live = [live[r] for r in keep]
+            scores = scorer.step(chosen)
 
     @staticmethod
     def _finish(checker: StopChecker, ids: list[int], reason: str | None) -> Generation:
