@@ -13,8 +13,9 @@ from typing import Optional, Sequence
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from scmoe_eval.config import ConfigError, ExperimentConfig, register_configs
+from scmoe_eval.config import ConfigError, ExperimentConfig, register_configs, to_experiment
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 EXIT_BAD_CONFIG = 2
@@ -34,9 +35,8 @@ def _app(cfg: DictConfig) -> None:
     """One Hydra job = one run config: check, generate, score, metrics."""
     from scmoe_eval.pipeline import run_experiment
 
-    experiment: ExperimentConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     try:
-        run_dir = run_experiment(experiment)
+        run_dir = run_experiment(to_experiment(cfg))
     except ConfigError as err:
         _fail(err)
     print(run_dir)
@@ -49,9 +49,12 @@ def main() -> None:
 
 def _load_run_config(run_dir: Path, overrides: Sequence[str]) -> ExperimentConfig:
     """The config a run directory was made with, plus `key=value` overrides (e.g. task.data_dir)."""
-    saved = OmegaConf.load(run_dir / "config.yaml")
-    merged = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), saved, OmegaConf.from_dotlist(list(overrides)))
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    schema = OmegaConf.structured(ExperimentConfig)
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.load(run_dir / "config.yaml"), OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        raise ConfigError(str(getattr(err, "full_key", "") or "override"), str(err).splitlines()[0]) from None
+    return to_experiment(merged)
 
 
 def score_main(argv: Optional[Sequence[str]] = None) -> None:
@@ -67,9 +70,9 @@ def score_main(argv: Optional[Sequence[str]] = None) -> None:
     from scmoe_eval.pipeline import rescore
 
     for run_dir in run_dirs:
-        if not (run_dir / "config.yaml").is_file():
-            _fail(ConfigError("RUN_DIR", f"{run_dir} is not a run directory (no config.yaml)"))
         try:
+            if not (run_dir / "config.yaml").is_file():
+                raise ConfigError("RUN_DIR", f"{run_dir} is not a run directory (no config.yaml)")
             metrics = rescore(run_dir, _load_run_config(run_dir, overrides))
         except ConfigError as err:
             _fail(err)

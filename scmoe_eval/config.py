@@ -8,11 +8,13 @@ value ranges; both happen before any model is loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
 
 @dataclass
@@ -116,6 +118,26 @@ def register_configs() -> None:
     cs.store(group="model", name="base_model", node=ModelConfig)
     cs.store(group="strategy", name="base_strategy", node=StrategyConfig)
     cs.store(group="task", name="base_task", node=TaskConfig)
+
+
+def to_experiment(cfg: DictConfig) -> ExperimentConfig:
+    """The typed config; keys the schema lacks (added with `+key=...`) are an error, not dropped."""
+    experiment: ExperimentConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    given = OmegaConf.to_container(cfg, resolve=False)
+    unknown = _unknown_keys(given, dataclasses.asdict(experiment))
+    if unknown:
+        raise ConfigError(unknown[0], "unknown key (not in the config schema; see `scmoe-eval --cfg job`)")
+    return experiment
+
+
+def _unknown_keys(given: dict, known: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in given.items():
+        if key not in known:
+            out.append(f"{prefix}{key}")
+        elif isinstance(value, dict) and isinstance(known[key], dict):
+            out += _unknown_keys(value, known[key], f"{prefix}{key}.")
+    return out
 
 
 def used_policies(strategy: StrategyConfig) -> dict[str, RoutingConfig]:

@@ -116,18 +116,20 @@ def _check_task(cfg: ExperimentConfig) -> Any:
     task = get_task(cfg.task.name)
     if task.is_code:
         try:
-            require_code_execution(cfg.task)
+            require_code_execution(cfg.task.allow_code_execution, cfg.task.name)
         except CodeExecutionNotAllowed as err:
             raise ConfigError("task.allow_code_execution", str(err)) from None
     return task
 
 
 def _load_items(task: Any, cfg: ExperimentConfig) -> list:
+    from scmoe_eval.tasks.source import TaskDataError
+
     try:
         items = task.load(cfg.task)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, TaskDataError) as err:
         key = "task.path" if cfg.task.path else "task.data_dir"
-        raise ConfigError(key, f"data file not found: {err}") from None
+        raise ConfigError(key, f"cannot load the {cfg.task.name} data: {err}") from None
     return items[: cfg.run.limit] if cfg.run.limit else items
 
 

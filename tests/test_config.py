@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
 
 from scmoe_eval.cli import CONFIG_DIR
-from scmoe_eval.config import ConfigError, ExperimentConfig, used_policies, validate
+from scmoe_eval.config import ConfigError, ExperimentConfig, to_experiment, used_policies, validate
 
 GROUPS = ("model", "strategy", "task", "experiment")
 
@@ -19,7 +18,7 @@ def load(*overrides: str) -> ExperimentConfig:
     """Compose the root config with overrides, as the CLI does, and convert to the dataclass."""
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
         cfg = compose("config", overrides=list(overrides))
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    return to_experiment(cfg)
 
 
 def options(group: str) -> list[str]:
@@ -75,6 +74,17 @@ def test_sweep_presets_are_multiruns() -> None:
 def test_unknown_key_rejected_by_schema() -> None:
     with pytest.raises(ConfigCompositionException, match="strategy.betta"):
         load("strategy.betta=0.5")
+
+
+@pytest.mark.parametrize("override,key", [("+run.resume_from=x", "run.resume_from"), ("+bogus=1", "bogus")])
+def test_keys_added_with_plus_are_rejected_not_dropped(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(override)
+    assert info.value.key == key
+
+
+def test_extra_is_free_form() -> None:
+    assert load("+extra.note=hello").extra == {"note": "hello"}
 
 
 def test_unknown_group_option_lists_valid_ones() -> None:

@@ -1,0 +1,116 @@
+"""Bad input fails before any model loads, naming the key, with a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import scmoe_eval.models.loading as loading
+from scmoe_eval.cli import CONFIG_DIR, EXIT_BAD_CONFIG
+from scmoe_eval.config import ConfigError, to_experiment
+from scmoe_eval.pipeline import run_experiment
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "scmoe_eval", *args], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, timeout=300,
+    )
+
+
+@pytest.fixture
+def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("a model was loaded although the config is bad")
+
+    monkeypatch.setattr(loading, "load_model", refuse)
+    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+def run_config(tmp_path: Path, *overrides: str) -> Path:
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose("config", overrides=[f"run.output_dir={tmp_path}", *overrides])
+    return run_experiment(to_experiment(cfg))
+
+
+def test_unknown_group_option_lists_valid_options() -> None:
+    proc = cli("model=mixtral-8x8b")
+    assert proc.returncode != 0
+    assert "Could not find 'model/mixtral-8x8b'" in proc.stderr
+    assert "Available options in 'model'" in proc.stderr and "mixtral-8x7b" in proc.stderr
+
+
+def test_unknown_key_is_rejected() -> None:
+    proc = cli("strategy=scmoe", "strategy.gamma=0.5")
+    assert proc.returncode != 0 and "Key 'gamma' not in 'StrategyConfig'" in proc.stderr
+    appended = cli("+run.resume_from=x")
+    assert appended.returncode == EXIT_BAD_CONFIG and "run.resume_from: unknown key" in appended.stderr
+
+
+def test_negative_beta_exits_2_naming_the_key() -> None:
+    proc = cli("model=tiny-mixtral", "strategy=scmoe", "strategy.beta=-1")
+    assert proc.returncode == EXIT_BAD_CONFIG
+    assert proc.stderr.strip().splitlines()[-1] == "scmoe-eval: error: strategy.beta: must be >= 0, got -1.0"
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (["strategy=scmoe", "strategy.alpha=1.01"], "strategy.alpha"),
+        (["strategy=dynamic", "strategy.routing.p=0"], "strategy.routing.p"),
+        (["strategy=scmoe", "strategy.weak.k=9"], "strategy.weak.k"),  # the fixture has 8 experts
+        (["strategy=topk", "strategy.routing.k=12"], "strategy.routing.k"),
+        (["strategy=self-consistency-scmoe", "strategy.strong.k=9"], "strategy.strong.k"),
+        (["task.data_dir=/nonexistent/gsm8k"], "task.data_dir"),
+        (["task=prompts", "task.path=/nonexistent/prompts.jsonl"], "task.path"),
+        (["task=mbpp"], "task.allow_code_execution"),
+        (["task=human_eval"], "task.allow_code_execution"),
+        (["strategy.name=beam"], "strategy.name"),
+    ],
+)
+def test_bad_input_fails_before_model_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_model_load: None, shared_data: Path,
+    overrides: list[str], key: str,
+) -> None:
+    monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
+    task = next((o.split("=")[1] for o in overrides if o.startswith("task=")), "gsm8k")
+    with pytest.raises(ConfigError) as info:
+        run_config(tmp_path, "model=tiny-mixtral", f"task.data_dir={shared_data}/{task}", *overrides)
+    assert info.value.key == key
+
+
+def test_k_is_checked_against_the_checkpoint_config(tmp_path: Path, no_model_load: None, shared_data: Path) -> None:
+    with pytest.raises(ConfigError, match="rank-9 needs at least 9 experts; the model has 8"):
+        run_config(tmp_path, "model=tiny-mixtral", f"task.data_dir={shared_data}/gsm8k", "strategy=scmoe",
+                   "strategy.weak.k=9")
+
+
+def test_missing_local_checkpoint_names_the_override(tmp_path: Path, no_model_load: None) -> None:
+    with pytest.raises(ConfigError, match="MODEL=/path/to/checkpoint") as info:
+        run_config(tmp_path, "model=local", "model.path=/nonexistent/ckpt")
+    assert info.value.key == "model.path" and "make demo" in str(info.value)
+
+
+def test_unreachable_hub_names_the_override_and_the_demo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_model_load: None
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="MODEL=/path/to/checkpoint") as info:
+        run_config(tmp_path, "model=olmoe", "model.require_gpu=false", "model.path=scmoe-eval/no-such-model")
+    assert info.value.key == "model.path" and "make demo" in str(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the check is about machines without a GPU")
+def test_reproduce_gsm8k_without_gpu_fails_fast_with_hints() -> None:
+    proc = subprocess.run(["make", "-s", "reproduce-gsm8k"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    message = proc.stderr
+    assert "model.require_gpu" in message and "MODEL=/path/to/checkpoint" in message and "make demo" in message
