@@ -81,28 +81,34 @@ def score_main(argv: Optional[Sequence[str]] = None) -> None:
 
 def table_main(argv: Optional[Sequence[str]] = None) -> None:
     """`scmoe-eval-table [ROOT...] [--paper] [--out DIR]`: compare every scored run under ROOTs."""
-    from scmoe_eval.tables import comparison_table, load_runs, write_table
+    from scmoe_eval import tables
 
     parser = argparse.ArgumentParser(prog="scmoe-eval-table", description=table_main.__doc__)
     parser.add_argument("roots", nargs="*", type=Path, default=[Path("results/runs")])
-    parser.add_argument("--out", type=Path, default=None, help="also write tables (.md/.csv) and plots here")
-    parser.add_argument("--paper", action="store_true", help="paper Table 1 and beta x rank tables, with plots")
+    parser.add_argument("--out", type=Path, default=None, help="also write the tables (.md/.csv/.tex) and plots here")
+    parser.add_argument("--mode", default="official", choices=("official", "strict"), help="answer extraction")
+    parser.add_argument("--paper", action="store_true", help="add the paper's tables (ours / paper / delta) and plots")
+    parser.add_argument("--paper-model", default="mixtral", choices=("mixtral", "deepseek"))
+    parser.add_argument("--ours-model", default=None, help="compare runs of this model.name (e.g. tiny-mixtral)")
     args = parser.parse_args(argv)
-    runs = load_runs(args.roots)
-    if runs.empty:
-        _fail(ConfigError("ROOT", f"no scored runs (metrics.json) under {', '.join(map(str, args.roots))}"))
-    tables = {"comparison": comparison_table(runs)}
+    runs = tables.load_runs(args.roots)
+    try:
+        if runs.empty:
+            raise ConfigError("ROOT", f"no scored runs (metrics.json) under {', '.join(map(str, args.roots))}")
+        built = {"comparison": tables.comparison_table(runs, mode=args.mode, index=["model", "method"])}
+    except (ConfigError, ValueError) as err:
+        _fail(err)
     if args.paper:
-        from scmoe_eval.tables import paper_beta_rank_table, paper_table1
-
-        tables["paper_table1"] = paper_table1(runs)
-        tables["paper_beta_rank"] = paper_beta_rank_table(runs)
-    for name, frame in tables.items():
-        print(f"\n## {name}\n\n{frame.to_markdown()}")
+        kw = dict(mode=args.mode, ours_model=args.ours_model)
+        built["paper_table1"] = tables.paper_table1(runs, args.paper_model, **kw)
+        if args.paper_model == "mixtral":  # Tab.8 exists for Mixtral only
+            built["paper_beta_rank"] = tables.paper_beta_rank_table(runs, model=args.paper_model, **kw)
+    for name, frame in built.items():
+        print(f"\n## {name}\n\n{tables.markdown(frame)}")
         if args.out is not None:
-            write_table(frame, args.out / name)
+            tables.write_table(frame, args.out / name)
     if args.paper and args.out is not None:
         from scmoe_eval.plots import plot_beta_sweep, plot_topk
 
-        plot_beta_sweep(runs, args.out / "beta_sweep.png")
-        plot_topk(runs, args.out / "topk.png")
+        for plot, name in ((plot_beta_sweep, "beta_sweep"), (plot_topk, "topk")):
+            plot(runs, args.out / f"{name}.png", mode=args.mode, paper_model=args.paper_model)

@@ -65,9 +65,18 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
         try:
             metrics = score_store(store, checked.task, checked.items, checked.cfg, tracker)
             store.write_environment({**stats, "num_experts": checked.num_experts, "scored": metrics is not None})
+            if metrics is not None and cfg.logger is not None:
+                tracker.log_table("comparison", _comparison(Path(cfg.run.output_dir)))
         finally:
             tracker.finish()
     return store.path
+
+
+def _comparison(root: Path) -> Any:
+    """Every scored run under the output root, methods x tasks (what `scmoe-eval-table` prints)."""
+    from scmoe_eval.tables import comparison_table, load_runs
+
+    return comparison_table(load_runs(root), index=["model", "method"])
 
 
 def generate(checked: Checked, store: RunStore) -> dict[str, Any]:
