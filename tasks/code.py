@@ -40,10 +40,12 @@ def cut_example_usage(text: str) -> str:
 
 
 def code_verdict(code: str, result: ExecResult) -> dict:
-    """One mode's verdict; the sandbox status (and detail) is the failure reason."""
+    """One mode's verdict; the failure reason is the sandbox status and the last line
+    of its detail, usually the exception ("failed: NameError: name 'math' is not ...")."""
     reason = None
     if not result.passed:
-        reason = f"{result.status}: {result.detail}"[:300] if result.detail else result.status
+        lines = [line.strip() for line in result.detail.splitlines() if line.strip()]
+        reason = f"{result.status}: {lines[-1][:200]}" if lines else result.status
     return {"answer": code, "correct": result.passed, "unparseable": False, "reason": reason}
 
 
