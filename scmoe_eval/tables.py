@@ -1,0 +1,365 @@
+"""Aggregate run directories into comparison tables, and set our numbers beside the paper's.
+
+Metrics on disk are fractions; every table here is in percent (x100), like the paper.
+The paper selects each method's best hyperparameter per task on the test set; the paper
+tables reproduce that selection for our runs ("ours (test-set best)") and also offer a
+fixed-setting comparison against the paper's number at the same setting ("ours (fixed)").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from scmoe_eval import paper
+from scmoe_eval.store import find_runs, strategy_label
+
+OURS, OURS_BEST, OURS_FIXED, PAPER, DELTA = "ours", "ours (test-set best)", "ours (fixed)", "paper", "Δ"
+# Settings used when selection="fixed": the paper code's defaults (dynamic t=0.6, β=0.5) and the
+# ensemble size of the paper's latency table (top-3). Weak activation: rank-2 (Mixtral), top-1 (DeepSeek).
+FIXED_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
+    "mixtral": {"dynamic": {"p": 0.6}, "ensemble": {"k": 3}, "scmoe": {"beta": 0.5, "weak_k": 2}},
+    "deepseek": {"dynamic": {"p": 0.6}, "ensemble": {"k": 3}, "scmoe": {"beta": 0.5, "weak_k": 1}},
+}
+_SCMOE_NAMES = ("scmoe", "scmoe-sample")
+
+
+def method_family(strategy: Mapping[str, Any]) -> str:
+    """Coarse method of a strategy config, the unit the paper's tables compare.
+
+    greedy under default routing is 'greedy'; greedy under topk/topp/rank/random routing is
+    'ensemble'/'dynamic'/'rank'/'random' (paper §3.2 names); other strategies keep their name.
+    """
+    name = strategy.get("name", "greedy")
+    if name != "greedy":
+        return name
+    kind = (strategy.get("routing") or {}).get("kind", "default")
+    return {"default": "greedy", "topk": "ensemble", "topp": "dynamic"}.get(kind, kind)
+
+
+def _strategy_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Rebuild the strategy dict of a load_runs row (inverse of _row's flattening)."""
+
+    def val(key: str, default: Any = None) -> Any:
+        v = row.get(key, default)
+        return default if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+    return {
+        "name": val("strategy", "greedy"), "inner": val("inner", "sample"), "num_samples": val("num_samples", 1),
+        "beta": val("beta"), "alpha": val("alpha"), "temperature": val("temperature", 1.0),
+        "top_p": val("top_p", 1.0), "top_k": val("top_k", 0), "ban_eos": val("ban_eos"),
+        "strong": {"kind": val("strong_kind", "default"), "k": val("strong_k")},
+        "weak": {"kind": val("weak_kind", "default"), "k": val("weak_k")},
+        "routing": {"kind": val("routing_kind", "default"), "k": val("routing_k"), "p": val("routing_p"),
+                    "seed": val("routing_seed", 0)},
+    }
+
+
+def method_label(cfg_row: Mapping[str, Any]) -> str:
+    """Readable method label ('greedy-topk3', 'scmoe-b0.5-a0.1-weak-rank2') of a config or a run row."""
+    strategy = cfg_row.get("strategy")
+    return strategy_label(strategy if isinstance(strategy, Mapping) else _strategy_from_row(cfg_row))
+
+
+def _pct(x: Any) -> float:
+    return float("nan") if x is None else 100.0 * float(x)
+
+
+def _row(run_dir: Path) -> dict[str, Any]:
+    """One flat table row from a run directory's config.json and metrics.json."""
+    cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    s, model, run = cfg.get("strategy", {}), cfg.get("model", {}), cfg.get("run", {})
+    family = method_family(s)
+    base = s.get("inner", "sample") if s.get("name") == "self-consistency" else s.get("name", "greedy")
+    contrastive, routed = base in _SCMOE_NAMES, base in ("greedy", "sample")
+    sampled = base in ("sample", "scmoe-sample")
+    routing, strong, weak = s.get("routing") or {}, s.get("strong") or {}, s.get("weak") or {}
+    primary = metrics.get("primary", "accuracy")
+    official, strict = metrics.get("official") or {}, metrics.get("strict") or {}
+    ci = official.get("ci95") or [None, None]
+    row: dict[str, Any] = {
+        "task": cfg.get("task", {}).get("name", metrics.get("task")),
+        "model": model.get("name"),
+        "model_path": model.get("path"),
+        "paper_model": paper.paper_model_key(model.get("name"), model.get("path")),
+        "strategy": s.get("name", "greedy"),
+        "method": strategy_label(s),
+        "family": family,
+        "inner": s.get("inner") if s.get("name") == "self-consistency" else None,
+        "num_samples": s.get("num_samples", 1),
+        "beta": s.get("beta") if contrastive else None,
+        "alpha": s.get("alpha") if contrastive else None,
+        "strong_kind": strong.get("kind") if contrastive else None,
+        "strong_k": strong.get("k") if contrastive else None,
+        "weak_kind": weak.get("kind") if contrastive else None,
+        "weak_k": weak.get("k") if contrastive else None,
+        "routing_kind": routing.get("kind") if routed else None,
+        "routing_k": routing.get("k") if routed and routing.get("kind") != "topp" else None,
+        "routing_p": routing.get("p") if routed and routing.get("kind") == "topp" else None,
+        "routing_seed": routing.get("seed") if routed and routing.get("kind") == "random" else None,
+        "temperature": s.get("temperature") if sampled else None,
+        "top_p": s.get("top_p") if sampled else None,
+        "top_k": s.get("top_k") if sampled else None,
+        "ban_eos": s.get("ban_eos"),
+        "limit": run.get("limit"),
+        "seed": run.get("seed"),
+        "max_new_tokens": run.get("max_new_tokens"),
+        "primary": primary,
+        "official": _pct(official.get(primary)),
+        "strict": _pct(strict.get(primary)),
+        "n_items": metrics.get("n_items"),
+        "n_samples": metrics.get("n_samples"),
+        "n_unparseable": official.get("n_unparseable"),
+        "strict_n_unparseable": strict.get("n_unparseable"),
+        "ci95_lo": _pct(ci[0]),
+        "ci95_hi": _pct(ci[1]),
+    }
+    for key in ("pass@k", "maj@k", "maj@k_expected"):
+        for k, value in sorted((official.get(key) or {}).items(), key=lambda kv: int(kv[0])):
+            row[key.replace("@k", f"@{k}")] = _pct(value)
+    row["config_hash"] = run_dir.name.rsplit("__", 1)[-1]
+    row["run_dir"] = str(run_dir)
+    return row
+
+
+def load_runs(paths_or_root: Path | str | Iterable[Path | str]) -> pd.DataFrame:
+    """One row per scored run; accepts a root, a run directory, or a list of either."""
+    items = [paths_or_root] if isinstance(paths_or_root, (str, Path)) else list(paths_or_root)
+    dirs: list[Path] = []
+    for item in map(Path, items):
+        dirs += [item] if (item / "metrics.json").is_file() else find_runs(item)
+    return pd.DataFrame([_row(d) for d in dict.fromkeys(dirs)])
+
+
+def comparison_table(
+    df: pd.DataFrame, *, mode: str = "official", index: str | Sequence[str] = "method",
+    columns: str | Sequence[str] = "task",
+) -> pd.DataFrame:
+    """Pivot one metric column (official, strict, maj@5, ...) into index x columns, in percent.
+
+    Two runs in one cell would silently hide one of them, so that is an error that names them.
+    """
+    idx = [index] if isinstance(index, str) else list(index)
+    cols = [columns] if isinstance(columns, str) else list(columns)
+    clash = df[df.duplicated(idx + cols, keep=False)]
+    if not clash.empty:
+        raise ValueError(
+            f"several runs share the same {idx + cols}; add a distinguishing column to `index` "
+            f"(e.g. 'model', 'limit', 'seed') or filter first:\n" + "\n".join(clash["run_dir"])
+        )
+    table = df.pivot(index=idx, columns=cols, values=mode).round(2)
+    if cols == ["task"]:  # the paper's task order, then any other task alphabetically
+        table = table[sorted(table.columns, key=lambda t: (t not in paper.TASKS, paper.TASKS.index(t) if t in paper.TASKS else 0, t))]
+    table.columns.name = None
+    return table
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """GitHub markdown with index levels as ordinary columns and blanks for missing values."""
+    flat = table.reset_index().astype(object)
+    return flat.where(flat.notna(), None).to_markdown(index=False, floatfmt=".2f", missingval="")
+
+
+def write_table(table: pd.DataFrame, out_stem: Path, formats: Sequence[str] = ("md", "csv", "tex")) -> list[Path]:
+    """Write `table` as <out_stem>.md / .csv / .tex; returns the written paths."""
+    out_stem = Path(out_stem)
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    writers = {
+        "md": lambda p: p.write_text(markdown(table) + "\n", encoding="utf-8"),
+        "csv": lambda p: table.to_csv(p),
+        "tex": lambda p: p.write_text(table.to_latex(float_format="%.2f", na_rep=""), encoding="utf-8"),
+    }
+    paths = []
+    for fmt in formats:
+        if fmt not in writers:
+            raise ValueError(f"unknown table format {fmt!r}; valid: {', '.join(writers)}")
+        path = out_stem.with_name(f"{out_stem.name}.{fmt}")
+        writers[fmt](path)
+        paths.append(path)
+    return paths
+
+
+# --- paper comparisons ---------------------------------------------------------------------
+
+def _ours_for_model(df: pd.DataFrame, model: str, ours_model: str | None) -> pd.DataFrame:
+    """Our runs of the paper's checkpoint (or of `ours_model`, e.g. a tiny fixture for a dry run)."""
+    if df.empty:
+        return df
+    mask = df["model"] == ours_model if ours_model else df["paper_model"] == model
+    return df[mask]
+
+
+def _strong_is_default(rows: pd.DataFrame, default_k: int) -> pd.Series:
+    return (rows["strong_kind"] == "default") | ((rows["strong_kind"] == "topk") & (rows["strong_k"] == default_k))
+
+
+def _method_pools(ours: pd.DataFrame, model: str) -> dict[str, pd.DataFrame]:
+    """Our runs that count as each Table-1 method, with the paper's hyperparameter in `hp`."""
+    if ours.empty:
+        return {}
+    pm = paper.MODELS[model]
+    fam = ours["family"]
+    greedy = ours[fam == "greedy"].assign(hp=pm.default_topk)  # stock routing = top-<default> ensemble
+    ensemble = pd.concat([ours[fam == "ensemble"].assign(hp=ours["routing_k"]), greedy])
+    scmoe = ours[(fam == "scmoe") & (ours["alpha"] == 0.1) & _strong_is_default(ours, pm.default_topk)]
+    weak_ok = (
+        (scmoe["weak_kind"] == "rank") & (scmoe["weak_k"] == 2) if model == "mixtral"
+        else (scmoe["weak_kind"] == "topk") & scmoe["weak_k"].isin([1, 2, 3])
+    )
+    scmoe = scmoe[weak_ok]
+    return {
+        "greedy": ensemble[ensemble["hp"] == pm.default_topk],
+        "dynamic": ours[fam == "dynamic"].assign(hp=ours["routing_p"]),
+        "ensemble": ensemble,
+        "scmoe": scmoe.assign(hp=list(zip(scmoe["weak_k"], scmoe["beta"]))),
+    }
+
+
+def _setting(method: str, hp: Any, model: str) -> str:
+    if method == "dynamic":
+        return f"t={hp:g}"
+    if method == "ensemble":
+        return f"top-{hp:g}"
+    if method == "scmoe":
+        k, beta = hp
+        return f"β={beta:g}" + (f", weak top-{k:g}" if model == "deepseek" else "")
+    return ""
+
+
+def best_run(pool: pd.DataFrame, mode: str = "official") -> pd.Series | None:
+    """The best run of a pool by `mode`; complete runs (all paper items) beat partial ones whatever their score."""
+    pool = pool[pool[mode].notna()]
+    if pool.empty:
+        return None
+    complete = pool[pool["n_items"] == pool["task"].map(paper.TASK_SIZES)]
+    pool = complete if not complete.empty else pool
+    return pool.sort_values([mode, "n_items"], ascending=False, kind="stable").iloc[0]
+
+
+def _fixed_hp(method: str, fixed: Mapping[str, Mapping[str, Any]]) -> Any:
+    """The fixed hyperparameter of `method` in the `hp` form of _method_pools, or None."""
+    setting = fixed.get(method)
+    if method == "scmoe" and setting:
+        return (setting["weak_k"], setting["beta"])
+    if method in ("dynamic", "ensemble") and setting:
+        return setting["p" if method == "dynamic" else "k"]
+    return None
+
+
+def _paper_cell(model: str, method: str, task: str, hp: Any, selection: str) -> tuple[float, str]:
+    """(published value, its setting as printed) for one Table-1 cell."""
+    best_source = "Tab.1" if model == "mixtral" else "Tab.4"
+    grid_source = "Tab.7" if model == "mixtral" else "Tab.10"
+    if selection == "fixed" and hp is not None:
+        key = {"dynamic": {"p": hp}, "ensemble": {"k": hp}}.get(method)
+        if method == "scmoe":
+            key = {"weak_k": hp[0], "beta": hp[1]}
+        found = paper.results(source=grid_source, model=model, method=method, task=task, **key)
+        if found.empty:
+            return float("nan"), ""
+        return float(found["value"].iloc[0]), _setting(method, hp, model)
+    found = paper.results(source=best_source, model=model, method=method, task=task)
+    if found.empty:
+        return float("nan"), ""
+    setting = found["setting"].iloc[0]
+    return float(found["value"].iloc[0]), "" if pd.isna(setting) else setting
+
+
+def paper_table1(
+    df: pd.DataFrame, model: str = "mixtral", *, mode: str = "official", selection: str = "best",
+    fixed: Mapping[str, Mapping[str, Any]] | None = None, ours_model: str | None = None,
+) -> pd.DataFrame:
+    """Table 1 (Mixtral) / Table 4 (DeepSeekMoE): methods x tasks, rows ours / paper / Δ.
+
+    selection="best": our best hyperparameter per task on the test set, as the paper did, against
+    the paper's best (Tab.1/Tab.4). selection="fixed": one setting per method (FIXED_SETTINGS, or
+    `fixed`) against the paper's grid value at that same setting (Tab.7/Tab.10). Each task has a
+    "<task> setting" column naming the hyperparameter (plus n=... when a run covers a subset).
+    Methods we do not implement (contrastive search, DoLa, CD) keep an empty "ours" row.
+    """
+    if selection not in ("best", "fixed"):
+        raise ValueError(f"selection must be 'best' or 'fixed', not {selection!r}")
+    fixed = FIXED_SETTINGS[model] if fixed is None else fixed
+    pools = _method_pools(_ours_for_model(df, model, ours_model), model)
+    methods = paper.results(source="Tab.1" if model == "mixtral" else "Tab.4")["method"].unique()
+    ours_label = OURS_BEST if selection == "best" else OURS_FIXED
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for method in methods:
+        title = paper.METHOD_TITLES[method]
+        hp = _fixed_hp(method, fixed) if selection == "fixed" else None
+        ours_row, paper_row, delta_row = {}, {}, {}
+        for task in paper.TASKS:
+            t = paper.TASK_TITLES[task]
+            pool = pools.get(method, pd.DataFrame())
+            if not pool.empty:
+                pool = pool[pool["task"] == task]
+                if hp is not None and not pool.empty:
+                    pool = pool[[h == hp for h in pool["hp"]]]
+            best = best_run(pool, mode) if not pool.empty else None
+            p_value, p_setting = _paper_cell(model, method, task, hp, selection)
+            ours_value = float("nan") if best is None else round(float(best[mode]), 2)
+            ours_setting = "" if best is None else _setting(method, best["hp"], model)
+            if best is not None and best["n_items"] != paper.TASK_SIZES[task]:
+                ours_setting = ", ".join(filter(None, [ours_setting, f"n={best['n_items']}"]))
+            ours_row |= {t: ours_value, f"{t} setting": ours_setting}
+            paper_row |= {t: p_value, f"{t} setting": p_setting}
+            delta_row |= {t: round(ours_value - p_value, 2), f"{t} setting": ""}
+        rows[(title, ours_label)] = ours_row
+        rows[(title, PAPER)] = paper_row
+        rows[(title, DELTA)] = delta_row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["method", "row"])
+    return table
+
+
+def paper_beta_rank_table(
+    df: pd.DataFrame, task: str | None = None, *, model: str = "mixtral", mode: str = "official",
+    ours_model: str | None = None,
+) -> pd.DataFrame:
+    """Tab.8: SCMoE (strong top-2, α=0.1) over β x weak activation (rank-1..8, random-1).
+
+    Rows (task, β, ours/paper/Δ); columns RANK_COLUMNS and "ours n" (items behind our row).
+    task=None stacks all four tasks. Tab.8 exists for Mixtral only.
+    """
+    tasks = paper.TASKS if task is None else (task,)
+    ours = _ours_for_model(df, model, ours_model)
+    if not ours.empty:
+        ours = ours[
+            (ours["family"] == "scmoe") & (ours["alpha"] == 0.1)
+            & _strong_is_default(ours, paper.MODELS[model].default_topk)
+            & ours["weak_kind"].isin(["rank", "random"])
+        ]
+        ours = ours.assign(column=[
+            "random1" if kind == "random" else f"rank{int(k)}" for kind, k in zip(ours["weak_kind"], ours["weak_k"])
+        ])
+    published = paper.results(source="Tab.8")
+    rows: dict[tuple[str, float, str], dict[str, Any]] = {}
+    for t in tasks:
+        for beta in paper.BETAS:
+            pub = published[(published["task"] == t) & (published["beta"] == beta)]
+            paper_row = {
+                ("random1" if kind == "random" else f"rank{int(k)}"): v
+                for kind, k, v in zip(pub["weak_kind"], pub["weak_k"], pub["value"])
+            }
+            ours_row: dict[str, Any] = {}
+            n_items: set[int] = set()
+            for column in paper.RANK_COLUMNS:
+                pool = ours[(ours["task"] == t) & (ours["beta"] == beta) & (ours["column"] == column)] if not ours.empty else ours
+                best = best_run(pool, mode) if not pool.empty else None
+                ours_row[column] = float("nan") if best is None else round(float(best[mode]), 2)
+                if best is not None:
+                    n_items.add(int(best["n_items"]))
+            ours_row["ours n"] = "/".join(map(str, sorted(n_items)))
+            rows[(paper.TASK_TITLES[t], beta, OURS)] = ours_row
+            rows[(paper.TASK_TITLES[t], beta, PAPER)] = {**paper_row, "ours n": ""}
+            rows[(paper.TASK_TITLES[t], beta, DELTA)] = {
+                c: round(ours_row[c] - paper_row.get(c, float("nan")), 2) for c in paper.RANK_COLUMNS
+            } | {"ours n": ""}
+    table = pd.DataFrame.from_dict(rows, orient="index")[[*paper.RANK_COLUMNS, "ours n"]]
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["task", "beta", "row"])
+    return table

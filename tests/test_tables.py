@@ -1,0 +1,228 @@
+"""Tables and plots from synthetic run directories with known metrics, checked against paper.md."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from scmoe_eval import paper
+from scmoe_eval.config import ExperimentConfig
+from scmoe_eval.plots import plot_beta_sweep, plot_topk
+from scmoe_eval.store import RunStore
+from scmoe_eval.tables import (
+    DELTA, OURS, OURS_BEST, OURS_FIXED, PAPER, comparison_table, load_runs, method_label, paper_beta_rank_table,
+    paper_table1, write_table,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(root: Path, task: str, accuracy: float, *, model: str = "mixtral-8x7b", path: str | None = None,
+             n_items: int | None = None, limit: int | None = None, **strategy) -> Path:
+    """A scored run directory as the runner leaves it (config.json + metrics.json)."""
+    cfg = asdict(ExperimentConfig())
+    cfg["model"]["name"] = model
+    cfg["model"]["path"] = path or cfg["model"]["path"]
+    cfg["task"]["name"] = task
+    cfg["run"]["limit"] = limit
+    for key, value in strategy.items():
+        if isinstance(value, dict):
+            cfg["strategy"][key].update(value)
+        else:
+            cfg["strategy"][key] = value
+    n = n_items or paper.TASK_SIZES[task]
+    primary = "pass@1" if task in ("mbpp", "human_eval") else "accuracy"
+    block = {primary: accuracy, "n_correct": round(accuracy * n), "n_unparseable": 3, "ci95": [accuracy - 0.02, accuracy + 0.02]}
+    store = RunStore(root, cfg)
+    store.write_metrics({
+        "task": task, "n_items": n, "n_samples": 1, "primary": primary,
+        "official": block, "strict": {**block, primary: accuracy - 0.01},
+    })
+    return store.path
+
+
+def scmoe(beta: float, k: int = 2, kind: str = "rank", alpha: float = 0.1, **extra) -> dict:
+    return {"name": "scmoe", "beta": beta, "alpha": alpha, "weak": {"kind": kind, "k": k}, **extra}
+
+
+def greedy(kind: str = "default", k: int = 2, p: float = 0.6) -> dict:
+    return {"name": "greedy", "routing": {"kind": kind, "k": k, "p": p}}
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    make_run(root, "gsm8k", 0.61, **greedy())
+    make_run(root, "gsm8k", 0.67, **scmoe(0.5))
+    make_run(root, "gsm8k", 0.68, **scmoe(0.3))
+    make_run(root, "gsm8k", 0.665, **scmoe(0.5, k=3))  # rank-3: Tab.8 only, not Table 1
+    make_run(root, "gsm8k", 0.65, **scmoe(0.5, kind="random", k=1))
+    make_run(root, "gsm8k", 0.99, **scmoe(0.5, alpha=0.3))  # α sweep: in no paper table
+    make_run(root, "gsm8k", 0.64, **greedy("topk", 3))
+    make_run(root, "gsm8k", 0.62, **greedy("topk", 4))
+    make_run(root, "mbpp", 0.49, **scmoe(0.1))
+    make_run(root, "human_eval", 0.40, **greedy("topp", p=0.6))
+    make_run(root, "strategy_qa", 0.80, n_items=100, limit=100, **scmoe(0.5))
+    make_run(root, "gsm8k", 0.10, model="tiny-mixtral", path="fixture:mixtral", **greedy())
+    make_run(root / "deepseek", "strategy_qa", 0.63, model="deepseek-moe-16b", path="/ckpt/deepseek-moe-16b-base/",
+             **scmoe(0.5, kind="topk", k=1, strong={"kind": "topk", "k": 6}))
+    (root / "unscored").mkdir()  # a run dir without metrics.json is not a run yet
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(runs_root) -> pd.DataFrame:
+    return load_runs(runs_root)
+
+
+def test_paper_data_spot_checks():
+    def one(**where) -> float:
+        found = paper.results(**where)
+        assert len(found) == 1, where
+        return float(found["value"].iloc[0])
+
+    assert one(source="Tab.1", task="gsm8k", method="scmoe") == 66.94
+    assert one(source="Tab.1", task="human_eval", method="dynamic") == 38.41
+    assert one(source="Tab.7", task="mbpp", method="ensemble", k=8) == 42.40
+    assert one(source="Tab.7", task="strategy_qa", method="cd", beta=0.7) == 74.06
+    assert one(source="Tab.8", task="gsm8k", beta=0.5, weak_kind="rank", weak_k=3) == 67.02
+    assert one(source="Tab.8", task="human_eval", beta=0.9, weak_kind="random") == 28.66
+    assert one(source="Tab.9", task="mbpp", beta=0.3) == 50.60
+    assert one(source="Tab.4", task="human_eval", method="scmoe") == 28.05
+    assert one(source="Tab.4", task="mbpp", method="dynamic") == 34.80  # Tab.10 says 36.00 at t=0.5
+    assert one(source="Tab.10", task="gsm8k", method="scmoe", weak_k=3, beta=0.7) == 20.77
+    assert one(source="§4.3", method="scmoe-sample", maj_k=20) == 78.31
+    assert paper.LATENCY_S["scmoe"] == 65.47 and paper.LATENCY_RATIO["cd"] == 1.43
+    # Internal consistency the paper itself has: Tab.8 rank-2 column == Tab.7 SCMoE rows, and Tab.1 = grid best.
+    for task in paper.TASKS:
+        tab8 = paper.results(source="Tab.8", task=task, weak_kind="rank", weak_k=2).set_index("beta")["value"]
+        tab7 = paper.results(source="Tab.7", task=task, method="scmoe").set_index("beta")["value"]
+        assert tab8.equals(tab7)
+        for method in ("dynamic", "ensemble", "scmoe"):
+            grid = paper.results(source="Tab.7", task=task, method=method)["value"].max()
+            assert grid == one(source="Tab.1", task=task, method=method)
+
+
+def test_load_runs_rows(runs):
+    assert len(runs) == 13
+    row = runs[(runs["method"] == "scmoe-b0.3-a0.1-weak-rank2")].iloc[0]
+    assert row["task"] == "gsm8k" and row["family"] == "scmoe" and row["paper_model"] == "mixtral"
+    assert row["official"] == pytest.approx(68.0) and row["strict"] == pytest.approx(67.0)
+    assert row["ci95_lo"] == pytest.approx(66.0) and row["n_items"] == 1319 and row["n_unparseable"] == 3
+    assert pd.isna(row["routing_kind"])
+    ens = runs[runs["method"] == "greedy-topk3"].iloc[0]
+    assert ens["family"] == "ensemble" and ens["routing_k"] == 3 and pd.isna(ens["beta"])
+    assert set(runs.loc[runs["model"] == "tiny-mixtral", "paper_model"].isna()) == {True}
+    assert method_label(row.to_dict()) == "scmoe-b0.3-a0.1-weak-rank2"
+    assert method_label(runs[runs["family"] == "dynamic"].iloc[0].to_dict()) == "greedy-topp0.6"
+    assert len(load_runs([runs_dir for runs_dir in runs["run_dir"][:2]])) == 2
+
+
+def test_comparison_table(runs):
+    with pytest.raises(ValueError, match="several runs share"):
+        comparison_table(runs)  # greedy on gsm8k exists for two models
+    table = comparison_table(runs, index=["model", "method"])
+    assert table.loc[("mixtral-8x7b", "greedy"), "gsm8k"] == 61.0
+    assert table.loc[("tiny-mixtral", "greedy"), "gsm8k"] == 10.0
+    strict = comparison_table(runs, mode="strict", index=["model", "method"])
+    assert strict.loc[("mixtral-8x7b", "scmoe-b0.1-a0.1-weak-rank2"), "mbpp"] == 48.0
+
+
+def test_paper_table1_best(runs):
+    t = paper_table1(runs)
+    assert t.loc[("Greedy", OURS_BEST), "GSM8K"] == 61.0
+    assert t.loc[("Greedy", PAPER), "GSM8K"] == 61.79
+    assert t.loc[("Greedy", DELTA), "GSM8K"] == pytest.approx(-0.79)
+    # Best β on the test set, like the paper; rank-3, random-1 and α=0.3 runs do not count.
+    assert t.loc[("SCMoE", OURS_BEST), "GSM8K"] == 68.0
+    assert t.loc[("SCMoE", OURS_BEST), "GSM8K setting"] == "β=0.3"
+    assert t.loc[("SCMoE", PAPER), "GSM8K"] == 66.94 and t.loc[("SCMoE", PAPER), "GSM8K setting"] == "β=0.5"
+    assert t.loc[("SCMoE", DELTA), "GSM8K"] == pytest.approx(1.06)
+    assert t.loc[("SCMoE", OURS_BEST), "MBPP"] == 49.0 and t.loc[("SCMoE", DELTA), "MBPP"] == pytest.approx(0.2)
+    assert t.loc[("SCMoE", OURS_BEST), "StrategyQA setting"] == "β=0.5, n=100"  # a partial run says so
+    assert t.loc[("SCMoE", PAPER), "StrategyQA"] == 76.29
+    # Ensemble: best k among top-3, top-4 and the greedy run (= top-2).
+    assert t.loc[("Ensemble Routing", OURS_BEST), "GSM8K"] == 64.0
+    assert t.loc[("Ensemble Routing", OURS_BEST), "GSM8K setting"] == "top-3"
+    assert t.loc[("Ensemble Routing", DELTA), "GSM8K"] == pytest.approx(0.16)
+    assert t.loc[("Dynamic Routing", OURS_BEST), "HumanEval"] == 40.0
+    assert t.loc[("Dynamic Routing", PAPER), "HumanEval"] == 38.41
+    assert t.loc[("Dynamic Routing", DELTA), "HumanEval"] == pytest.approx(1.59)
+    # Missing ours stays empty, the published number is still there.
+    assert pd.isna(t.loc[("DoLa", OURS_BEST), "GSM8K"]) and t.loc[("DoLa", PAPER), "GSM8K"] == 49.96
+    assert pd.isna(t.loc[("Greedy", OURS_BEST), "MBPP"]) and pd.isna(t.loc[("Greedy", DELTA), "MBPP"])
+    assert t.loc[("Contrastive Decoding", PAPER), "MBPP"] == 45.20
+
+
+def test_paper_table1_fixed_and_other_models(runs):
+    t = paper_table1(runs, selection="fixed")
+    assert t.loc[("SCMoE", OURS_FIXED), "GSM8K"] == 67.0  # β=0.5 although β=0.3 scored higher
+    assert t.loc[("SCMoE", PAPER), "GSM8K"] == 66.94 and t.loc[("SCMoE", DELTA), "GSM8K"] == pytest.approx(0.06)
+    assert pd.isna(t.loc[("SCMoE", OURS_FIXED), "MBPP"])  # only β=0.1 exists there
+    assert t.loc[("SCMoE", PAPER), "MBPP"] == 45.00  # Tab.7 at β=0.5, not the Tab.1 best 48.80
+    assert t.loc[("Ensemble Routing", PAPER), "GSM8K"] == 63.84 and t.loc[("Ensemble Routing", OURS_FIXED), "GSM8K"] == 64.0
+    custom = paper_table1(runs, selection="fixed", fixed={"scmoe": {"beta": 0.3, "weak_k": 2}})
+    assert custom.loc[("SCMoE", PAPER), "GSM8K"] == 65.96 and custom.loc[("SCMoE", OURS_FIXED), "GSM8K"] == 68.0
+    deep = paper_table1(runs, model="deepseek")
+    assert deep.loc[("SCMoE", OURS_BEST), "StrategyQA"] == 63.0
+    assert deep.loc[("SCMoE", PAPER), "StrategyQA"] == 62.99
+    assert deep.loc[("SCMoE", DELTA), "StrategyQA"] == pytest.approx(0.01)
+    assert deep.loc[("SCMoE", OURS_BEST), "StrategyQA setting"] == "β=0.5, weak top-1"
+    assert ("Contrastive Decoding", PAPER) not in deep.index  # no CD row in Tab.4
+    tiny = paper_table1(runs, ours_model="tiny-mixtral")
+    assert tiny.loc[("Greedy", OURS_BEST), "GSM8K"] == 10.0
+
+
+def test_paper_beta_rank_table(runs):
+    t = paper_beta_rank_table(runs, "gsm8k")
+    assert list(t.columns[:9]) == list(paper.RANK_COLUMNS)
+    assert t.loc[("GSM8K", 0.5, OURS), "rank3"] == 66.5
+    assert t.loc[("GSM8K", 0.5, PAPER), "rank3"] == 67.02
+    assert t.loc[("GSM8K", 0.5, DELTA), "rank3"] == pytest.approx(-0.52)
+    assert t.loc[("GSM8K", 0.5, OURS), "random1"] == 65.0 and t.loc[("GSM8K", 0.5, PAPER), "random1"] == 64.97
+    assert t.loc[("GSM8K", 0.3, OURS), "rank2"] == 68.0 and t.loc[("GSM8K", 0.3, PAPER), "rank2"] == 65.96
+    assert t.loc[("GSM8K", 0.5, OURS), "rank2"] == 67.0  # not the α=0.3 run (99)
+    assert t.loc[("GSM8K", 0.5, OURS), "ours n"] == "1319"
+    assert pd.isna(t.loc[("GSM8K", 0.9, OURS), "rank8"]) and t.loc[("GSM8K", 0.9, PAPER), "rank8"] == 61.94
+    every = paper_beta_rank_table(runs)
+    assert len(every) == 4 * 5 * 3 and every.loc[("HumanEval", 0.1, PAPER), "rank5"] == 40.85
+
+
+def test_write_table_formats_round_trip(runs, tmp_path):
+    table = paper_table1(runs)
+    paths = write_table(table, tmp_path / "out" / "table1.mixtral")
+    assert [p.name for p in paths] == ["table1.mixtral.md", "table1.mixtral.csv", "table1.mixtral.tex"]
+    back = pd.read_csv(paths[1], index_col=[0, 1], keep_default_na=False, na_values=[""])
+    for col in table.columns:
+        if col.endswith("setting"):
+            assert back[col].fillna("").tolist() == table[col].tolist(), col
+        else:
+            pd.testing.assert_series_equal(back[col], table[col], check_names=False)
+    md = paths[0].read_text().splitlines()
+    assert md[0].startswith("| method") and "GSM8K setting" in md[0] and set(md[1]) <= set("|:- ")
+    assert len(md) == 2 + len(table) and all(line.count("|") == md[0].count("|") for line in md)
+    assert any("66.94" in line and "SCMoE" in line for line in md) and "nan" not in paths[0].read_text()
+    tex = paths[2].read_text()
+    assert tex.startswith("\\begin{tabular}") and "\\end{tabular}" in tex and "66.94" in tex
+    beta = paper_beta_rank_table(runs, "gsm8k")
+    (csv,) = write_table(beta, tmp_path / "beta", formats=("csv",))
+    back = pd.read_csv(csv, index_col=[0, 1, 2])
+    pd.testing.assert_series_equal(back["rank3"], beta["rank3"], check_names=False)
+    with pytest.raises(ValueError, match="unknown table format"):
+        write_table(beta, tmp_path / "x", formats=("xlsx",))
+
+
+def test_plots_are_png(runs, tmp_path):
+    for path in (
+        plot_beta_sweep(runs, tmp_path / "beta.png", task="gsm8k", paper_model="mixtral"),
+        plot_beta_sweep(runs, tmp_path / "beta_all.png"),
+        plot_topk(runs, tmp_path / "topk.png", paper_model="mixtral"),
+    ):
+        data = Path(path).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000
+    assert plot_topk(runs[runs["family"] == "scmoe"], tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
