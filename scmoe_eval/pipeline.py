@@ -66,17 +66,22 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
             metrics = score_store(store, checked.task, checked.items, checked.cfg, tracker)
             store.write_environment({**stats, "num_experts": checked.num_experts, "scored": metrics is not None})
             if metrics is not None and cfg.logger is not None:
-                tracker.log_table("comparison", _comparison(Path(cfg.run.output_dir)))
+                _log_comparison(tracker, Path(cfg.run.output_dir))
         finally:
             tracker.finish()
     return store.path
 
 
-def _comparison(root: Path) -> Any:
+def _log_comparison(tracker: Any, root: Path) -> None:
     """Every scored run under the output root, methods x tasks (what `scmoe-eval-table` prints)."""
     from scmoe_eval.tables import comparison_table, load_runs
 
-    return comparison_table(load_runs(root), index=["model", "method"])
+    try:
+        table = comparison_table(load_runs(root), index=["model", "method"])
+    except ValueError as err:  # two runs in one cell (e.g. different run.limit): no single table
+        log.warning("comparison table not logged: %s", err)
+        return
+    tracker.log_table("comparison", table)
 
 
 def generate(checked: Checked, store: RunStore) -> dict[str, Any]:

@@ -1,0 +1,117 @@
+"""generate -> score -> metrics on the tiny model: sharding, seeds, re-scoring, run-dir contents."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import scmoe_eval.models.loading as loading
+from scmoe_eval.cli import CONFIG_DIR, score_main
+from scmoe_eval.config import to_experiment
+from scmoe_eval.decoding.strategies import sample_seed
+from scmoe_eval.pipeline import item_seed, run_experiment, shard_items
+from scmoe_eval.tasks import Item
+
+# Two sampled answers per item: seeds must reach every sample, whatever shard or batch it lands in.
+SAMPLED = ["model=tiny-mixtral", "task=gsm8k", "strategy=self-consistency", "strategy.num_samples=2",
+           "run.limit=5", "run.max_new_tokens=6"]
+
+
+def run(out: Path, shared_data: Path, *overrides: str) -> Path:
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose("config", overrides=[f"task.data_dir={shared_data}/gsm8k", f"run.output_dir={out}", *overrides])
+    return run_experiment(to_experiment(cfg))
+
+
+def records(run_dir: Path) -> dict[tuple[int, int], dict]:
+    out = {}
+    for path in [run_dir / "generations.jsonl", *sorted((run_dir / "shards").glob("*.jsonl"))]:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                r = json.loads(line)
+                assert (r["index"], r["sample"]) not in out, "duplicate record"
+                out[(r["index"], r["sample"])] = r
+    return out
+
+
+@pytest.fixture(scope="module")
+def unsharded(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    return run(tmp_path_factory.mktemp("whole"), shared_data, *SAMPLED, "run.batch_size=3")
+
+
+def test_item_seed_depends_only_on_run_seed_and_index() -> None:
+    seeds = [item_seed(1234, i) for i in range(100)]
+    assert seeds == [item_seed(1234, i) for i in range(100)] and len(set(seeds)) == 100
+    assert item_seed(1, 0) != item_seed(2, 0) and all(0 <= s < 2**32 for s in seeds)
+
+
+def test_shards_partition_items() -> None:
+    items = [Item(id=f"x/{i}", index=i, prompt="", gold=None) for i in range(10)]
+    parts = [shard_items(items, s, 3) for s in range(3)]
+    assert sorted(it.index for part in parts for it in part) == list(range(10))
+    assert [it.index for it in parts[1]] == [1, 4, 7]
+
+
+def test_records_follow_the_contract(unsharded: Path) -> None:
+    recs = records(unsharded)
+    assert sorted(recs) == [(i, j) for i in range(5) for j in range(2)]
+    for (index, sample), r in recs.items():
+        assert set(r) == {"id", "index", "sample", "seed", "completion", "token_ids", "stop_reason", "stop",
+                          "num_tokens"}
+        assert r["id"] == f"gsm8k/{index}" and r["seed"] == sample_seed(item_seed(1234, index), sample)
+        assert r["stop_reason"] in ("stop", "eos", "length") and r["num_tokens"] == len(r["token_ids"]) <= 6
+    assert recs[(0, 0)]["token_ids"] != recs[(0, 1)]["token_ids"], "the two samples of an item are identical"
+
+
+def test_run_dir_holds_results_log_and_environment(unsharded: Path) -> None:
+    metrics = json.loads((unsharded / "metrics.json").read_text())
+    assert metrics["n_items"] == 5 and metrics["n_samples"] == 2
+    assert len((unsharded / "scored.jsonl").read_text().splitlines()) == 10
+    env = json.loads((unsharded / "environment.json").read_text())
+    assert env["batch_size"] == 3 and env["items_generated"] == 5 and env["scored"] is True
+    log = (unsharded / "run.log").read_text()
+    assert "generated 5 items" in log and "metrics:" in log
+
+
+def test_shards_merge_to_the_unsharded_run(tmp_path: Path, shared_data: Path, unsharded: Path) -> None:
+    first = run(tmp_path, shared_data, *SAMPLED, "run.batch_size=1", "run.num_shards=2", "run.shard=1")
+    assert not (first / "metrics.json").exists(), "scored before every shard was done"
+    second = run(tmp_path, shared_data, *SAMPLED, "run.batch_size=2", "run.num_shards=2", "run.shard=0")
+    assert first == second and second.name == unsharded.name
+
+    ours, whole = records(second), records(unsharded)
+    assert ours.keys() == whole.keys()
+    for key in whole:
+        assert ours[key]["token_ids"] == whole[key]["token_ids"], key
+        assert ours[key]["seed"] == whole[key]["seed"]
+    assert json.loads((second / "metrics.json").read_text()) == json.loads((unsharded / "metrics.json").read_text())
+
+
+def test_rescore_without_a_model(tmp_path: Path, unsharded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = Path(shutil.copytree(unsharded, tmp_path / unsharded.name))
+    expected = (run_dir / "metrics.json").read_text()
+    (run_dir / "metrics.json").unlink()
+    (run_dir / "scored.jsonl").unlink()
+    monkeypatch.setattr(loading, "load_model", lambda *_: pytest.fail("re-scoring loaded a model"))
+    score_main([str(run_dir)])
+    assert (run_dir / "metrics.json").read_text() == expected
+    assert len((run_dir / "scored.jsonl").read_text().splitlines()) == 10
+
+
+def test_finished_run_is_not_generated_again(
+    unsharded: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loading, "load_model", lambda *_: pytest.fail("a finished run loaded the model"))
+    again = run(unsharded.parent, shared_data, *SAMPLED, "run.batch_size=3")
+    assert again == unsharded and len(records(again)) == 10
+    assert json.loads((again / "environment.json").read_text())["items_generated"] == 0
+
+
+def test_score_cli_rejects_a_non_run_dir(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as info:
+        score_main([str(tmp_path)])
+    assert info.value.code == 2
