@@ -148,6 +148,8 @@ class RoutingController:
             width=max(self._width(p) for p in unique),
             row_policy=torch.tensor([unique.index(p) for p in canon], dtype=torch.long),
         )
+        if torch.cuda.is_available():  # pinned, so the per-device copy below is asynchronous
+            self._state = replace(self._state, row_policy=self._state.row_policy.pin_memory())
         self._row_policy_on = {}
 
     @contextmanager
@@ -202,8 +204,9 @@ class RoutingController:
         """(T, 1) index into `unique` for every token; rows are the outer dimension of T."""
         assert self._state is not None
         if device not in self._row_policy_on:
-            self._row_policy_on[device] = self._state.row_policy.to(device)
-        return self._row_policy_on[device].repeat_interleave(tokens_per_row)[:, None]
+            self._row_policy_on[device] = self._state.row_policy.to(device, non_blocking=True)
+        rows = self._row_policy_on[device]  # (B,)
+        return rows[:, None].expand(rows.shape[0], tokens_per_row).reshape(-1, 1)  # (T, 1), no sync
 
     def _select(
         self, router: nn.Module, policy: RoutingPolicy, scores: RouterScores
