@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,14 +15,14 @@ from scmoe_eval.plots import plot_beta_sweep, plot_topk
 from scmoe_eval.store import RunStore
 from scmoe_eval.tables import (
     DELTA, OURS, OURS_BEST, OURS_FIXED, PAPER, comparison_table, load_runs, method_label, paper_beta_rank_table,
-    paper_table1, write_table,
+    paper_self_consistency_table, paper_table1, write_table,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def make_run(root: Path, task: str, accuracy: float, *, model: str = "mixtral-8x7b", path: str | None = None,
-             n_items: int | None = None, limit: int | None = None, **strategy) -> Path:
+             n_items: int | None = None, limit: int | None = None, maj: dict | None = None, **strategy) -> Path:
     """A scored run directory as the runner leaves it (config.json + metrics.json)."""
     cfg = asdict(ExperimentConfig())
     cfg["model"]["name"] = model
@@ -37,6 +37,8 @@ def make_run(root: Path, task: str, accuracy: float, *, model: str = "mixtral-8x
     n = n_items or paper.TASK_SIZES[task]
     primary = "pass@1" if task in ("mbpp", "human_eval") else "accuracy"
     block = {primary: accuracy, "n_correct": round(accuracy * n), "n_unparseable": 3, "ci95": [accuracy - 0.02, accuracy + 0.02]}
+    if maj:
+        block |= {"maj@k": maj, "maj@k_expected": {k: v - 0.005 for k, v in maj.items()}}
     store = RunStore(root, cfg)
     store.write_metrics({
         "task": task, "n_items": n, "n_samples": 1, "primary": primary,
@@ -70,6 +72,11 @@ def runs_root(tmp_path_factory) -> Path:
     make_run(root, "gsm8k", 0.10, model="tiny-mixtral", path="fixture:mixtral", **greedy())
     make_run(root / "deepseek", "strategy_qa", 0.63, model="deepseek-moe-16b", path="/ckpt/deepseek-moe-16b-base/",
              **scmoe(0.5, kind="topk", k=1, strong={"kind": "topk", "k": 6}))
+    sc = {"name": "self-consistency", "num_samples": 20}
+    make_run(root, "gsm8k", 0.60, inner="sample", temperature=0.7, **sc,
+             maj={"1": 0.60, "5": 0.67, "10": 0.72, "15": 0.74, "20": 0.7601})
+    make_run(root, "gsm8k", 0.62, **scmoe(0.5, k=3, inner="scmoe-sample", **sc),
+             maj={"1": 0.62, "5": 0.70, "10": 0.75, "15": 0.77, "20": 0.79})
     (root / "unscored").mkdir()  # a run dir without metrics.json is not a run yet
     return root
 
@@ -107,8 +114,79 @@ def test_paper_data_spot_checks():
             assert grid == one(source="Tab.1", task=task, method=method)
 
 
+def _md_rows(text: str) -> list[list[str]]:
+    """Cells of every markdown table row in `text`, separator rows dropped."""
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines() if line.startswith("|")]
+    return [r for r in rows if not set("".join(r)) <= set("-: ")]
+
+
+def _num(cell: str) -> float:
+    return float(re.search(r"\d+\.\d+", cell).group())
+
+
+def _section(md: str, start: str, end: str) -> str:
+    return md[md.index(start):md.index(end, md.index(start))]
+
+
+def test_paper_data_matches_paper_md(shared_data):
+    """Every grid number in paper.py, re-read from /work/shared/paper.md by a separate parser."""
+    md = (shared_data.parent / "paper.md").read_text(encoding="utf-8")
+    titles = {"GSM8K": "gsm8k", "StrategyQA": "strategy_qa", "MBPP": "mbpp", "HumanEval": "human_eval"}
+    checked = 0
+
+    def check(source: str, task: str, expected: float, **where) -> None:
+        nonlocal checked
+        found = paper.results(source=source, task=task, **where)
+        assert found["value"].tolist() == [expected], (source, task, where)
+        checked += 1
+
+    # Tab.1 and Tab.4: method rows x four tasks.
+    names = {"Greedy": "greedy", "Dynamic Routing": "dynamic", "Ensemble Routing": "ensemble", "DoLa": "dola",
+             "Contrastive Search": "contrastive_search", "Contrastive Decoding": "cd", "SCMoE": "scmoe"}
+    for source, start, end in (("Tab.1", "### 2.1", "- Gains"), ("Tab.4", "### 2.4", "Gains over")):
+        for row in _md_rows(_section(md, start, end))[1:]:
+            method = next(v for k, v in names.items() if row[0].strip("*").startswith(k))
+            for task, cell in zip(paper.TASKS, row[1:]):
+                check(source, task, _num(cell), method=method)
+    # Tab.7: method, hyperparameter, four tasks; the method cell is blank on continuation rows.
+    keys = {"Dynamic": ("dynamic", "p"), "Ensemble": ("ensemble", "k"), "Contrastive": ("contrastive_search", "cs_alpha"),
+            "DoLa": ("dola", "layers"), "CD": ("cd", "beta"), "SCMoE": ("scmoe", "beta")}
+    for row in _md_rows(_section(md, "### 2.2", "### 2.3"))[1:]:
+        if row[0]:
+            method, key = next(v for k, v in keys.items() if row[0].startswith(k))
+        hp = row[1] if method == "dola" else float(row[1])
+        for task, cell in zip(paper.TASKS, row[2:]):
+            check("Tab.7", task, _num(cell), method=method, **{key: hp})
+    # Tab.8: task, beta, rank-1..8, random-1.
+    for row in _md_rows(_section(md, "Weak-activation ablation", "In the \"rank-k\""))[1:]:
+        task = titles.get(row[0].strip("*"), task if not row[0] else None)
+        for column, cell in zip(paper.RANK_COLUMNS, row[2:]):
+            kind, k = ("random", 1) if column == "random1" else ("rank", int(column[4:]))
+            check("Tab.8", task, _num(cell), beta=float(row[1]), weak_kind=kind, weak_k=k)
+    # Tab.9 and Tab.10: "label: v / v / v / v" bullet lines.
+    for line in _section(md, "Tab.9 grid", "The paper states").splitlines():
+        if m := re.match(r"- (\w+) top-(\d): (.*)", line):
+            for beta, value in zip(paper.BETAS, m.group(3).split(" / ")):
+                check("Tab.9", titles[m.group(1)], float(value), beta=beta, strong_k=int(m.group(2)))
+    section = _section(md, "Tab.10 grids", "## 3.")
+    for block in re.split(r"\n- \*\*", section)[1:]:
+        method = {"Dynamic": ("dynamic", "p"), "Ensemble": ("ensemble", "k"), "Contrastive": ("contrastive_search", "cs_alpha"),
+                  "DoLa": ("dola", "layers"), "SCMoE": ("scmoe", None)}
+        method, key = next(v for k, v in method.items() if block.startswith(k))
+        for m in re.finditer(r"^  - (\(\d, [\d.]+\)|\[[\d,]+\)|[\d.]+): (.*)$", block, re.M):
+            label, values = m.group(1), m.group(2).replace("*", "").split(" / ")
+            if key is None:
+                k, beta = label.strip("()").split(", ")
+                where = {"weak_k": int(k), "beta": float(beta)}
+            else:
+                where = {key: label if method == "dola" else float(label)}
+            for task, value in zip(paper.TASKS, values):
+                check("Tab.10", task, float(value), method=method, **where)
+    assert checked == 28 + 24 + 116 + 180 + 20 + 136
+
+
 def test_load_runs_rows(runs):
-    assert len(runs) == 13
+    assert len(runs) == 15
     row = runs[(runs["method"] == "scmoe-b0.3-a0.1-weak-rank2")].iloc[0]
     assert row["task"] == "gsm8k" and row["family"] == "scmoe" and row["paper_model"] == "mixtral"
     assert row["official"] == pytest.approx(68.0) and row["strict"] == pytest.approx(67.0)
@@ -190,6 +268,21 @@ def test_paper_beta_rank_table(runs):
     assert pd.isna(t.loc[("GSM8K", 0.9, OURS), "rank8"]) and t.loc[("GSM8K", 0.9, PAPER), "rank8"] == 61.94
     every = paper_beta_rank_table(runs)
     assert len(every) == 4 * 5 * 3 and every.loc[("HumanEval", 0.1, PAPER), "rank5"] == 40.85
+
+
+def test_paper_self_consistency_table(runs):
+    t = paper_self_consistency_table(runs)
+    sample, sc_scmoe = "Temperature sampling (τ=0.7)", "SC + SCMoE (β=0.5, weak rank-3)"
+    assert t.loc[(sample, OURS), "maj@5"] == 67.0 and t.loc[(sample, PAPER), "maj@5"] == 66.87
+    assert t.loc[(sample, DELTA), "maj@5"] == pytest.approx(0.13)
+    assert t.loc[(sample, OURS), "maj@20"] == 76.01 and t.loc[(sample, PAPER), "maj@20"] == 75.59
+    assert pd.isna(t.loc[(sample, PAPER), "maj@10"]) and t.loc[(sample, OURS), "maj@10"] == 72.0
+    assert t.loc[(sc_scmoe, OURS), "maj@20"] == 79.0 and t.loc[(sc_scmoe, PAPER), "maj@20"] == 78.31
+    assert t.loc[(sc_scmoe, DELTA), "maj@20"] == pytest.approx(0.69)
+    assert t.loc[("Greedy", OURS), "maj@1"] == 61.0 and t.loc[("Greedy", PAPER), "maj@1"] == 61.79
+    greedy_scmoe = "SCMoE greedy (β=0.5, weak rank-3)"
+    assert t.loc[(greedy_scmoe, OURS), "maj@1"] == 66.5 and t.loc[(greedy_scmoe, PAPER), "maj@1"] == 67.94
+    assert pd.isna(t.loc[("Greedy", OURS), "maj@5"])
 
 
 def test_write_table_formats_round_trip(runs, tmp_path):
