@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from scmoe_eval import paper
@@ -35,7 +36,7 @@ def _curve(rows: pd.DataFrame, x: str, mode: str) -> tuple[list[float], list[flo
 
 def _figure(
     rows: pd.DataFrame, out_png: Path, task: str | None, mode: str, xlabel: str,
-    draw: Callable[[object, str, pd.DataFrame], None],
+    draw: Callable[[Axes, str, pd.DataFrame], None],
 ) -> Path | None:
     rows = rows[rows[mode].notna()]
     if task is not None:
@@ -46,10 +47,11 @@ def _figure(
     tasks = _tasks(rows, task)
     fig = Figure(figsize=(4.6 * len(tasks), 3.8), layout="constrained")
     for ax, t in zip(fig.subplots(1, len(tasks), squeeze=False)[0], tasks):
-        draw(ax, t, rows[rows["task"] == t])
+        sub = rows[rows["task"] == t]
+        draw(ax, t, sub)
         ax.set_title(paper.TASK_TITLES.get(t, t))
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"{mode} {rows['primary'].iloc[0]} (%)")
+        ax.set_ylabel(f"{mode} {sub['primary'].iloc[0]} (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     out_png = Path(out_png)
@@ -73,11 +75,14 @@ def plot_beta_sweep(
     the paper's strong top-2 and α=0.1; "deepseek" overlays Tab.10. Dotted lines mark our greedy
     runs. Returns None when there is no SCMoE run to plot.
     """
+    if df.empty:
+        log.warning("no runs to plot for %s", out_png)
+        return None
     rows = df[df["family"] == "scmoe"]
     greedy = df[(df["family"] == "greedy") & df["model"].isin(rows["model"]) & df[mode].notna()]
     source = {"mixtral": "Tab.8", "deepseek": "Tab.10"}.get(paper_model or "")
 
-    def draw(ax, t: str, sub: pd.DataFrame) -> None:
+    def draw(ax: Axes, t: str, sub: pd.DataFrame) -> None:
         vary = [c for c in ("model", "strong_kind", "strong_k", "alpha") if sub[c].nunique(dropna=False) > 1]
         for (kind, k, *_), group in sub.groupby(["weak_kind", "weak_k", *vary], dropna=False):
             extra = _qualifiers(group, vary)
@@ -112,13 +117,16 @@ def plot_topk(
     paper_model overlays the published ensemble grid (Tab.7 / Tab.10, dashed). Our best SCMoE run of
     the task (α=0.1, same models) is drawn as a reference line, as in Fig.1. Returns None when there is no such run.
     """
+    if df.empty:
+        log.warning("no runs to plot for %s", out_png)
+        return None
     ens = df[df["family"] == "ensemble"].assign(k=df["routing_k"])
     default_k = df["paper_model"].map(lambda m: paper.MODELS[m].default_topk if m in paper.MODELS else None)
     greedy = df[(df["family"] == "greedy") & default_k.notna()].assign(k=default_k)
     rows = pd.concat([ens, greedy])
     scmoe = df[(df["family"] == "scmoe") & (df["alpha"] == 0.1) & df["model"].isin(rows["model"])]
 
-    def draw(ax, t: str, sub: pd.DataFrame) -> None:
+    def draw(ax: Axes, t: str, sub: pd.DataFrame) -> None:
         for model, group in sub.groupby("model"):
             xs, ys = _curve(group, "k", mode)
             ax.plot(xs, ys, marker="o", label=f"{model} top-k")

@@ -319,3 +319,4 @@ def test_plots_are_png(runs, tmp_path):
         assert data[:8] == PNG_MAGIC and len(data) > 5000
     assert plot_topk(runs[runs["family"] == "scmoe"], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+    assert plot_beta_sweep(pd.DataFrame(), tmp_path / "empty.png") is None
