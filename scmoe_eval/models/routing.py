@@ -187,7 +187,8 @@ class RoutingController:
         """Refuse a model call whose batch size differs from the number of policies."""
         if self._state is None:
             return
-        inputs = kwargs.get("input_ids", kwargs.get("inputs_embeds", args[0] if args else None))
+        candidates = (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), *args[:1])
+        inputs = next((x for x in candidates if x is not None), None)
         if isinstance(inputs, torch.Tensor) and inputs.shape[0] != len(self._state.policies):
             raise ValueError(
                 f"routing policies were set for {len(self._state.policies)} rows but the model got a batch of "
