@@ -19,7 +19,7 @@ from scmoe_eval.models.fixtures import (
 )
 
 TEXTS = [
-    "Question: Janet's ducks lay 16 eggs per day. How many? Answer: 16 - 3 - 4 = 9. The answer is 9.\n\n",
+    "Question: Janet's ducks lay 16 eggs per day. How many?\nAnswer: 16 - 3 - 4 = 9. The answer is 9.\n\n",
     "def f(x: int) -> int:\n\treturn x ** 2  # square\n\n\nif __name__ == '__main__':\n    print(f(3))\n",
     "[BEGIN]\nimport re\n[DONE]\n\n",
     "naïve café, Ünïcödé — 漢字とかな, 한국어, Ελληνικά, עברית, emoji 🦆🚀👩‍💻",

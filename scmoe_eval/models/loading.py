@@ -18,7 +18,12 @@ from scmoe_eval.models.routing import RoutingController
 if TYPE_CHECKING:
     from scmoe_eval.config import ModelConfig
 
-DTYPES: dict[str, Any] = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES: dict[str, Any] = {
+    "auto": "auto",
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 OVERRIDE_HINT = (
     "download the checkpoint elsewhere and point to it with the override `model.path=/path/to/checkpoint` "
     "(or `make ... MODEL=/path/to/checkpoint`)"
@@ -130,4 +135,6 @@ def load_model(cfg: "ModelConfig") -> LoadedModel:
     tokenizer = load_tokenizer(path, common)
     controller = RoutingController(model, adapter)
     input_device = device if device is not None else model.get_input_embeddings().weight.device
-    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, controller=controller, device=input_device)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, adapter=adapter, controller=controller, device=input_device
+    )

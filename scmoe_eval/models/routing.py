@@ -107,7 +107,8 @@ class RoutingController:
         self.adapter = adapter if adapter is not None else detect_family(model)
         self.routers = self.adapter.find_routers(model)
         if not self.routers:
-            raise ValueError(f"no {self.adapter.name} router modules ({'/'.join(self.adapter.router_suffixes)}) found")
+            suffixes = "/".join(self.adapter.router_suffixes)
+            raise ValueError(f"no {self.adapter.name} router modules ({suffixes}) found in the model")
         self.num_experts = self.adapter.num_experts(self.routers[0])
         self.default_k = self.adapter.default_k(self.routers[0])
         self._state: _State | None = None
