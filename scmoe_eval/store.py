@@ -247,7 +247,8 @@ class RunStore:
             if _canonical(old) != _canonical(cfg):
                 raise FileExistsError(
                     f"{self.path} already holds a run with a different config (hash {config_hash(old)} vs "
-                    f"{config_hash(cfg)}); refusing to mix results. Use another run.output_dir or remove that directory."
+                    f"{config_hash(cfg)}); refusing to mix results. Use another run.output_dir or remove "
+                    "that directory."
                 )
             return
         _atomic_write(self.path / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg)))

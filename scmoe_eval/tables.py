@@ -154,7 +154,8 @@ def comparison_table(
         )
     table = df.pivot(index=idx, columns=cols, values=mode).round(2)
     if cols == ["task"]:  # the paper's task order, then any other task alphabetically
-        table = table[sorted(table.columns, key=lambda t: (t not in paper.TASKS, paper.TASKS.index(t) if t in paper.TASKS else 0, t))]
+        order = {t: i for i, t in enumerate(paper.TASKS)}
+        table = table[sorted(table.columns, key=lambda t: (order.get(t, len(order)), t))]
     table.columns.name = None
     return table
 
@@ -349,8 +350,10 @@ def paper_beta_rank_table(
             ours_row: dict[str, Any] = {}
             n_items: set[int] = set()
             for column in paper.RANK_COLUMNS:
-                pool = ours[(ours["task"] == t) & (ours["beta"] == beta) & (ours["column"] == column)] if not ours.empty else ours
-                best = best_run(pool, mode) if not pool.empty else None
+                best = None
+                if not ours.empty:
+                    pool = ours[(ours["task"] == t) & (ours["beta"] == beta) & (ours["column"] == column)]
+                    best = best_run(pool, mode) if not pool.empty else None
                 ours_row[column] = float("nan") if best is None else round(float(best[mode]), 2)
                 if best is not None:
                     n_items.add(int(best["n_items"]))
