@@ -105,3 +105,44 @@ def test_prompts_task(tmp_path):
         task.load(TaskConfig(name="prompts", path=str(path)))
     with pytest.raises(TaskDataError, match="task.path"):
         task.load(TaskConfig(name="prompts"))
+
+
+def _paper_rows(shared_data, name):
+    return [json.loads(line) for line in open(shared_data / name / "test.jsonl")]
+
+
+def test_hub_path_builds_the_same_items(monkeypatch, shared_data):
+    """The Hub code path, fed rows in the Hub's layout (no network), gives the same items
+    as the paper's files; config fields override the pinned coordinates."""
+    from scmoe_eval.tasks import benchmark
+    from scmoe_eval.tasks.source import HubSource
+
+    train = [{k: v for k, v in r.items() if k != "label"} for r in _paper_rows(shared_data, "strategy_qa")]
+    train[10:10] = [{"qid": f"ex{i}", "question": q, "answer": True}
+                    for i, q in enumerate(exemplar_questions())]
+    hub_rows = {
+        "openai/gsm8k": [{"question": r["question"], "answer": r["answer"]}
+                         for r in _paper_rows(shared_data, "gsm8k")],
+        "havens2/strategyQA_train": train,
+        "google-research-datasets/mbpp": _paper_rows(shared_data, "mbpp"),
+        "openai/openai_humaneval": _paper_rows(shared_data, "human_eval"),
+    }
+    seen = []
+
+    def fake_load(source):
+        seen.append(source)
+        return hub_rows[source.dataset]
+
+    monkeypatch.setattr(benchmark, "load_hub_rows", fake_load)
+    for name in ("gsm8k", "strategy_qa", "mbpp"):
+        hub_items = get_task(name).load(TaskConfig(name=name))
+        assert hub_items == get_task(name).load(TaskConfig(name=name, data_dir=str(shared_data / name)))
+    he = get_task("human_eval").load(TaskConfig(name="human_eval", dataset="openai/openai_humaneval",
+                                                revision="abc"))
+    assert he == get_task("human_eval").load(TaskConfig(name="human_eval"))
+    assert seen == [
+        HubSource("openai/gsm8k", "main", "test", "main"),
+        HubSource("havens2/strategyQA_train", None, "train", "8ae79f541d6d1a43ed5f46fbfae156a9d9ba793d"),
+        HubSource("google-research-datasets/mbpp", "full", "test", "main"),
+        HubSource("openai/openai_humaneval", None, "test", "abc"),
+    ]
