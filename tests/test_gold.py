@@ -67,14 +67,17 @@ def test_strategy_qa_gold_scores_100_in_both_modes(shared_data):
     assert not any(v["correct"] for v in flipped)
 
 
-def test_human_eval_canonical_solutions_pass_official_path(shared_data, monkeypatch):
+def test_human_eval_canonical_solutions_pass_both_modes(shared_data, monkeypatch):
     monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
     task = get_task("human_eval")
-    items = task.load(paper_cfg(shared_data, "human_eval"))
-    programs = [task.official_program(it, it.meta["canonical_solution"])[1] for it in items]
-    results = run_programs(programs, timeout=10.0, num_workers=4)
-    failed = {it.id: r.status for it, r in zip(items, results) if not r.passed}
-    assert failed == {} and len(results) == 164
+    cfg = TaskConfig(name="human_eval", data_dir=str(shared_data / "human_eval"), timeout=10.0)
+    items = task.load(cfg)
+    scored = task.score(items, records(items, lambda it: it.meta["canonical_solution"]), cfg)
+    m = compute_metrics(task, scored, n_boot=10)
+    failed = [(r["id"], r["official"]["reason"], r["strict"]["reason"]) for r in scored
+              if not (r["official"]["correct"] and r["strict"]["correct"])]
+    assert failed == []
+    assert m["official"]["n_correct"] == m["strict"]["n_correct"] == 164
 
 
 # MBPP reference solutions (`code`) through the paper's post-processing. Every failure
