@@ -17,7 +17,7 @@ from typing import Any
 from scmoe_eval.config import TaskConfig
 
 from .base import Item, Task, items_by_id
-from .source import HubSource, check_count, load_hub_rows, read_jsonl
+from .source import HubSource, check_count, check_fields, load_hub_rows, read_jsonl
 
 
 @lru_cache(maxsize=None)
@@ -41,6 +41,7 @@ class BenchmarkTask(Task):
             check_count(rows, self.n_items, str(path))
         else:
             rows, where = self.default_rows(cfg)
+            check_fields(rows, self.fields, where)
             check_count(rows, self.n_items, where)
         return [self.make_item(row, index) for index, row in enumerate(rows)]
 

@@ -79,6 +79,14 @@ def read_jsonl(path: Path, required: Sequence[str]) -> list[dict]:
     return rows
 
 
+def check_fields(rows: list[dict], required: Sequence[str], where: str) -> None:
+    """Hub rows must carry the paper layout's fields; the first bad row is named."""
+    for index, row in enumerate(rows):
+        missing = [key for key in required if key not in row]
+        if missing:
+            raise TaskDataError(f"{where}: row {index} is missing field(s) {missing}")
+
+
 def check_count(rows: list, expected: int, where: str) -> None:
     """A benchmark with the wrong size is an error, never a silently different score."""
     if len(rows) != expected:

@@ -146,3 +146,12 @@ def test_hub_path_builds_the_same_items(monkeypatch, shared_data):
         HubSource("google-research-datasets/mbpp", "full", "test", "main"),
         HubSource("openai/openai_humaneval", None, "test", "abc"),
     ]
+
+
+def test_hub_rows_missing_fields_are_named(monkeypatch):
+    from scmoe_eval.tasks import benchmark
+
+    monkeypatch.setattr(benchmark, "load_hub_rows", lambda source: [{"question": "q", "answer": "#### 1"},
+                                                                     {"answer": "#### 2"}])
+    with pytest.raises(TaskDataError, match=r"openai/gsm8k.*row 1 is missing field\(s\) \['question'\]"):
+        get_task("gsm8k").load(TaskConfig(name="gsm8k"))
