@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +18,11 @@ from scmoe_eval.pipeline import run_experiment
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def cli(*args: str, out: Path) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess; `out` keeps even Hydra's run dir of a failing job out of the repo."""
     return subprocess.run(
-        [sys.executable, "-m", "scmoe_eval", *args], cwd=REPO, capture_output=True, text=True,
-        env={**os.environ, **(env or {})}, timeout=300,
+        [sys.executable, "-m", "scmoe_eval", *args, f"run.output_dir={out}"], cwd=REPO, capture_output=True,
+        text=True, timeout=300,
     )
 
 
@@ -41,22 +41,22 @@ def run_config(tmp_path: Path, *overrides: str) -> Path:
     return run_experiment(to_experiment(cfg))
 
 
-def test_unknown_group_option_lists_valid_options() -> None:
-    proc = cli("model=mixtral-8x8b")
+def test_unknown_group_option_lists_valid_options(tmp_path: Path) -> None:
+    proc = cli("model=mixtral-8x8b", out=tmp_path)
     assert proc.returncode != 0
     assert "Could not find 'model/mixtral-8x8b'" in proc.stderr
     assert "Available options in 'model'" in proc.stderr and "mixtral-8x7b" in proc.stderr
 
 
-def test_unknown_key_is_rejected() -> None:
-    proc = cli("strategy=scmoe", "strategy.gamma=0.5")
+def test_unknown_key_is_rejected(tmp_path: Path) -> None:
+    proc = cli("strategy=scmoe", "strategy.gamma=0.5", out=tmp_path)
     assert proc.returncode != 0 and "Key 'gamma' not in 'StrategyConfig'" in proc.stderr
-    appended = cli("+run.resume_from=x")
+    appended = cli("+run.resume_from=x", out=tmp_path)
     assert appended.returncode == EXIT_BAD_CONFIG and "run.resume_from: unknown key" in appended.stderr
 
 
-def test_negative_beta_exits_2_naming_the_key() -> None:
-    proc = cli("model=tiny-mixtral", "strategy=scmoe", "strategy.beta=-1")
+def test_negative_beta_exits_2_naming_the_key(tmp_path: Path) -> None:
+    proc = cli("model=tiny-mixtral", "strategy=scmoe", "strategy.beta=-1", out=tmp_path)
     assert proc.returncode == EXIT_BAD_CONFIG
     assert proc.stderr.strip().splitlines()[-1] == "scmoe-eval: error: strategy.beta: must be >= 0, got -1.0"
 
@@ -109,8 +109,11 @@ def test_unreachable_hub_names_the_override_and_the_demo(
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the check is about machines without a GPU")
-def test_reproduce_gsm8k_without_gpu_fails_fast_with_hints() -> None:
-    proc = subprocess.run(["make", "-s", "reproduce-gsm8k"], cwd=REPO, capture_output=True, text=True, timeout=300)
+def test_reproduce_gsm8k_without_gpu_fails_fast_with_hints(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        ["make", "-s", "reproduce-gsm8k", f"RUNS={tmp_path}", f"TABLES={tmp_path}/tables"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
     assert proc.returncode != 0
     message = proc.stderr
     assert "model.require_gpu" in message and "MODEL=/path/to/checkpoint" in message and "make demo" in message
