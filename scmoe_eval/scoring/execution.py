@@ -112,12 +112,13 @@ class _Zygote:
             raise _ZygoteDied("sandbox launcher died")
         return json.loads(reply)
 
-    def spawn(self, program: str, cwd: str, nonce: str, out_fd: int, marker_w: int) -> int:
-        """Start one program; returns the child's pid (kept unreaped until :meth:`reap`)."""
+    def spawn(self, program: str, cwd: str, fds: tuple[int, int, int]) -> int:
+        """Start one program with fds (output, marker write end, vault read end); returns the
+        child's pid, kept unreaped until :meth:`reap`."""
         if self.proc.poll() is not None:
             self.close()
             self._start()
-        reply = self._call({"op": "run", "program": program, "cwd": cwd, "nonce": nonce}, (out_fd, marker_w))
+        reply = self._call({"op": "run", "program": program, "cwd": cwd}, fds)
         if "error" in reply:
             raise OSError(reply["error"])
         return int(reply["pid"])
@@ -239,12 +240,15 @@ def _run_one(program: str, slot: _Slot, timeout: float, max_output_bytes: int) -
         path.write_text(program, encoding="utf-8")
         out_fd = os.open(tmp / "output.log", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         marker_r, marker_w = os.pipe()
-        nonce = secrets.token_hex(16)
+        vault_r, vault_w = os.pipe()
+        nonce = secrets.token_hex(16).encode()
         try:
-            pid = slot.zygote.spawn(str(path), str(tmp), nonce, out_fd, marker_w)
+            os.write(vault_w, nonce)
+            pid = slot.zygote.spawn(str(path), str(tmp), (out_fd, marker_w, vault_r))
         finally:
-            os.close(marker_w)
-        return _supervise(pid, nonce.encode(), marker_r, out_fd, slot, timeout, max_output_bytes)
+            for fd in (marker_w, vault_r, vault_w):
+                os.close(fd)
+        return _supervise(pid, nonce, marker_r, out_fd, slot, timeout, max_output_bytes)
     except OSError as exc:
         return ExecResult(False, "error", f"sandbox could not run the program: {exc}", 0.0)
     finally:
