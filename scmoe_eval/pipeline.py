@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from scmoe_eval.config import ConfigError, ExperimentConfig, used_policies
 from scmoe_eval.preflight import Checked, check, check_task
 from scmoe_eval.store import RunStore
-from scmoe_eval.tracking import build_tracker
+from scmoe_eval.tracking import Tracker, build_tracker
 
 log = logging.getLogger(__name__)
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
@@ -72,7 +72,7 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
     return store.path
 
 
-def _log_comparison(tracker: Any, root: Path) -> None:
+def _log_comparison(tracker: Tracker, root: Path) -> None:
     """Every scored run under the output root, methods x tasks (what `scmoe-eval-table` prints)."""
     from scmoe_eval.tables import comparison_table, load_runs
 
@@ -154,21 +154,18 @@ def rescore(run_dir: Path, cfg: ExperimentConfig) -> Optional[dict[str, Any]]:
 
 
 def score_store(
-    store: RunStore, task: Any, items: list, cfg: ExperimentConfig, tracker: Any = None
+    store: RunStore, task: Any, items: list, cfg: ExperimentConfig, tracker: Optional[Tracker] = None
 ) -> Optional[dict[str, Any]]:
     """Score all records if every (item, sample) is present; write scored.jsonl + metrics.json."""
-    from scmoe_eval.decoding.strategies import build_strategy
     from scmoe_eval.scoring.metrics import compute_metrics
 
     records = store.read_generations()
-    num_samples = build_strategy(cfg.strategy).num_samples
+    num_samples = cfg.strategy.num_samples
     present = {(r["index"], r["sample"]) for r in records}
     missing = sum((it.index, j) not in present for it in items for j in range(num_samples))
     if missing:
         log.info("%d (item, sample) records still missing (other shards?); scoring waits for them", missing)
         return None
-    wanted = {it.index for it in items}
-    records = [r for r in records if r["index"] in wanted]
     scored = task.score(items, records, cfg.task)
     metrics = compute_metrics(task, scored)
     store.write_scored(scored)
