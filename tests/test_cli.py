@@ -99,10 +99,11 @@ def test_missing_local_checkpoint_names_the_override(tmp_path: Path, no_model_lo
     assert info.value.key == "model.path" and "make demo" in str(info.value)
 
 
+@pytest.mark.parametrize("offline", ["1", "0"])  # "0": the one-request Hub probe (fails here, 404s online)
 def test_unreachable_hub_names_the_override_and_the_demo(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_model_load: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_model_load: None, offline: str
 ) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", offline)
     with pytest.raises(ConfigError, match="MODEL=/path/to/checkpoint") as info:
         run_config(tmp_path, "model=olmoe", "model.require_gpu=false", "model.path=scmoe-eval/no-such-model")
     assert info.value.key == "model.path" and "make demo" in str(info.value)
