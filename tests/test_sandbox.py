@@ -183,6 +183,14 @@ def test_no_process_outlives_its_run(corpus: dict) -> None:
     assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
+def test_no_litter_outlives_its_run(corpus: dict) -> None:
+    if not IS_ROOT:
+        pytest.skip("without a uid switch the sandbox cannot tell the program's files from the user's")
+    litter = re.findall(r"LITTER=(\S+)", corpus["results"]["litter_shared_tmp"].detail)
+    assert litter, corpus["results"]["litter_shared_tmp"]
+    assert not [path for path in litter if os.path.exists(path)]
+
+
 def test_fake_marker_on_stdout_does_not_pass() -> None:
     (result,) = run_programs(["import os\nprint('passed')\nos.write(3, b'R' * 64)\nos._exit(0)\n"], timeout=2)
     assert result.status == "failed" and "passed" in result.detail

@@ -45,6 +45,7 @@ import string  # noqa: F401
 import typing  # noqa: F401
 
 _CLONE_NEWNET = 0x40000000  # <sched.h>
+_CLONE_NEWIPC = 0x08000000
 _PR_SET_DUMPABLE = 4  # <sys/prctl.h>
 _PR_SET_CHILD_SUBREAPER = 36
 _READY = b"R"
@@ -143,7 +144,10 @@ def _child(request: dict, fds: list[int], settings: dict, libc: ctypes.CDLL) -> 
     os.chdir(request["cwd"])
     os.environ["HOME"] = os.environ["TMPDIR"] = request["cwd"]
     if settings["uid"] is not None:
-        libc.unshare(_CLONE_NEWNET)  # best effort: refused in some containers (docs/sandbox.md)
+        # Best effort, refused in some containers (docs/sandbox.md): no network; SysV IPC objects
+        # die with the child instead of outliving the run.
+        libc.unshare(_CLONE_NEWNET)
+        libc.unshare(_CLONE_NEWIPC)
     _set_limits(settings)
     if settings["uid"] is not None:
         _drop_privileges(settings["uid"], settings["gid"], libc)

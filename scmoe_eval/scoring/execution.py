@@ -49,6 +49,7 @@ _FSIZE_FLOOR = 16 * 2**20  # files (including captured output) a program may wri
 _STARTUP_LIMIT = 30.0  # seconds the launcher may take to reach the program (slow, loaded machines)
 _CPU_SLACK = 1  # RLIMIT_CPU = ceil(timeout) + slack: backstop if the wall clock kill is late
 _PATH = "/usr/local/bin:/usr/bin:/bin"
+_SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")  # world-writable dirs a sandbox uid could litter
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,10 @@ def _run_one(program: str, slot: _Slot, timeout: float, max_output_bytes: int) -
         for fd in (out_fd, marker_r):
             if fd >= 0:
                 os.close(fd)
-        shutil.rmtree(tmp, onerror=_force_remove)
+        # As root this always succeeds; a non-root program may leave a dir it made read-only.
+        shutil.rmtree(tmp, ignore_errors=True)
+        if slot.uid is not None:
+            _remove_strays(slot.uid)
 
 
 def _supervise(pid: int, nonce: bytes, marker_r: int, out_fd: int, slot: _Slot, timeout: float, cap: int) -> ExecResult:
@@ -327,6 +331,24 @@ def _kill_leftovers(pidfd: int, pid: int, slot: _Slot) -> None:
         _sweep_uid(slot.uid)
 
 
+def _remove_strays(uid: int) -> None:
+    """Delete what the sandbox uid left in the shared temp dirs (only it can own entries there).
+    Runs after the run's own temp dir (also the uid's) is gone."""
+    for directory in dict.fromkeys((tempfile.gettempdir(), *_SHARED_TMP)):
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+
+
 def _sweep_uid(uid: int) -> None:
     """Kill every live process of ``uid`` until none is left (forks racing the sweep are caught
     by the next round; RLIMIT_NPROC bounds how many there can be)."""
@@ -393,13 +415,3 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
-
-
-def _force_remove(func, path: str, _exc_info) -> None:
-    """rmtree error hook: the program may have chmod-ed its dirs read-only (non-root runs)."""
-    parent = os.path.dirname(path)
-    with contextlib.suppress(OSError):
-        os.chmod(parent, 0o700)
-        os.chmod(path, 0o700)
-    with contextlib.suppress(FileNotFoundError):
-        func(path)
