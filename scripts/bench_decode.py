@@ -243,7 +243,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=None, help="default: 5 on cpu, 3 on cuda")
     parser.add_argument(
-        "--experts-impl", default=None, help="set_experts_implementation() for our engine (eager|grouped_mm|batched_mm)"
+        "--decode-experts", default=None, help="experts implementation of our decode steps (default: engine's choice)"
     )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (the dev machine is shared)")
     args = parser.parse_args()
@@ -261,9 +261,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         subjects = cpu_subjects()
 
-    if args.experts_impl:
-        for s in subjects:
-            s.loaded.model.set_experts_implementation(args.experts_impl)
+    for s in subjects:
+        s.engine.decode_experts = args.decode_experts
     rows = []
     with torch.inference_mode():
         for s in subjects:
@@ -276,6 +275,7 @@ def main() -> None:
         transformers=transformers.__version__,
         settings=dict(prompt_len=args.prompt_len, new_tokens=args.new_tokens, rounds=args.rounds, batches=args.batch),
         experts_implementation={s.name: s.loaded.model.config._experts_implementation for s in subjects},
+        decode_experts=args.decode_experts or "engine default",
         results=rows,
         summary=summary,
         wall_s=time.perf_counter() - started,

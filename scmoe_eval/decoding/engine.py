@@ -176,7 +176,9 @@ class _TwoPassScorer:
 class DecodeEngine:
     """Generates completions for a batch of prompts with one loaded MoE model."""
 
-    def __init__(self, loaded: "LoadedModel") -> None:
+    def __init__(self, loaded: "LoadedModel", decode_experts: str | None = None) -> None:
+        """`decode_experts`: experts implementation for decode steps (None: pick per call, see below)."""
+        self.decode_experts = decode_experts
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.controller = loaded.controller
@@ -195,21 +197,28 @@ class DecodeEngine:
         """The faster SCMoE mode for this device and model size (see docs/decoding.md)."""
         return self.device.type == "cpu" and self.model.config.hidden_size > _CPU_BATCHED_MAX_HIDDEN
 
-    @contextmanager
-    def _decode_kernels(self, policies: Sequence[Policy]) -> Iterator[None]:
-        """Off CPU, run single-token decode steps with `batched_mm` experts, as `generate()` does.
+    def _slots(self, policy: Policy) -> int:
+        """Experts one token asks for under `policy` (the controller pads every row to the widest)."""
+        if policy is None or policy.kind == "default":
+            return self.controller.default_k
+        return {"rank": 1, "topp": self.controller.num_experts}.get(policy.kind, policy.k)
 
-        grouped_mm stays for the prefill. Skipped for top-p routing, whose rows are padded to all E
-        experts and would make batched_mm gather E weight copies per token.
+    @contextmanager
+    def _decode_kernels(self, rows: int, policies: Sequence[Policy]) -> Iterator[None]:
+        """Pick the experts implementation for the single-token decode steps (prefill keeps its own).
+
+        Off CPU, batched_mm gathers one weight copy per (token, expert slot): fastest while there are
+        few slots, ruinous with many (H200, Mixtral-8x7B shape: 27 vs 36 ms/token at B=1, 126 vs 40 at
+        B=8, results/bench/h200.json). So grouped_mm becomes batched_mm only for <= E/2 slots per step.
         """
         before = self.model.get_experts_implementation()
-        switch = (
-            self.device.type != "cpu"
-            and "grouped_mm" in before.values()
-            and not any(p is not None and p.kind == "topp" for p in policies)
-        )
+        target = self.decode_experts
+        if target is None and self.device.type != "cpu" and "grouped_mm" in before.values():
+            slots = rows * max(self._slots(p) for p in policies)
+            target = "batched_mm" if slots <= self.controller.num_experts // 2 else None
+        switch = target is not None and target not in before.values()
         if switch:
-            self.model.set_experts_implementation({k: "batched_mm" if v == "grouped_mm" else v for k, v in before.items()})
+            self.model.set_experts_implementation(target)
         try:
             yield
         finally:
@@ -260,9 +269,11 @@ class DecodeEngine:
             raise ValueError("max_new_tokens must be >= 1")
         generators = self._generators(seeds, n, sampling)
         ban = torch.tensor(self.eos_ids, device=self.device) if ban_eos and self.eos_ids else None
+        if two_pass is None:
+            two_pass = self.default_two_pass()
         if contrast is None:
             scorer = _PlainScorer(self.model, self.controller, n, routing, ban)
-        elif self.default_two_pass() if two_pass is None else two_pass:
+        elif two_pass:
             scorer = _TwoPassScorer(self.model, self.controller, n, contrast, ban)
         else:
             scorer = _PairedScorer(self.model, self.controller, n, contrast, ban)
@@ -271,10 +282,13 @@ class DecodeEngine:
 
         tokens: list[list[int]] = [[] for _ in range(n)]
         reasons: list[str | None] = [None] * n
-        policies = [routing] if contrast is None else [contrast.strong, contrast.weak]
+        if contrast is None:  # rows and routing policies of one decode forward
+            rows, policies = n, [routing]
+        else:
+            rows, policies = (n if two_pass else 2 * n), [contrast.strong, contrast.weak]
         with self.controller.use(None):  # whatever routing was in force comes back afterwards
             scores = scorer.prefill(*self.encode(prompts))  # (n, V)
-            with self._decode_kernels(policies):
+            with self._decode_kernels(rows, policies):
                 self._decode(scorer, scores, sampling, generators, checker, eos, max_new_tokens, tokens, reasons)
         return [self._finish(checker, ids, reason) for ids, reason in zip(tokens, reasons)]
 
