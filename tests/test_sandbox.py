@@ -263,8 +263,12 @@ def test_code_execution_gate(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not code_execution_allowed(False)
 
 
-def test_empty_batch() -> None:
+def test_empty_batch_and_odd_text() -> None:
     assert run_programs([]) == []
+    nul, surrogate, unicode_ok = run_programs(["x = 1\0\n", "s = '\ud800'\nassert len(s) == 1\n", "assert 'ü' * 2 == 'üü'\n"])
+    assert nul.status == "failed" and "null bytes" in nul.detail
+    assert surrogate.status == "failed" and "surrogates not allowed" in surrogate.detail  # as exec() of that str
+    assert unicode_ok.passed
 
 
 def test_unprivileged_mode_and_launcher_restart(monkeypatch: pytest.MonkeyPatch) -> None:

