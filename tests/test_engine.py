@@ -1,0 +1,223 @@
+"""DecodeEngine against stock transformers and an independent SCMoE reference loop."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from scmoe_eval.config import ModelConfig
+from scmoe_eval.decoding.engine import Contrast, DecodeEngine, Generation
+from scmoe_eval.decoding.sampler import Sampler, SamplingParams
+from scmoe_eval.models.loading import load_model
+from scmoe_eval.models.routing import RoutingPolicy
+
+# Different token lengths, so a batch is left-padded.
+PROMPTS = [
+    "Question: There are 15 trees in the grove. How many trees?\nAnswer:",
+    "def f(x):",
+    "The quick brown fox",
+    "12 + 30 = 42. 7 * 8 =",
+]
+SCMOE = Contrast(RoutingPolicy.topk(2), RoutingPolicy.rank(2), alpha=0.1, beta=0.5)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_mixtral) -> DecodeEngine:
+    return DecodeEngine(tiny_mixtral)
+
+
+def test_prompts_are_left_padded_with_bos(engine: DecodeEngine) -> None:
+    ids, mask = engine.encode(PROMPTS)
+    lengths = mask.sum(-1).tolist()
+    assert len(set(lengths)) == len(PROMPTS)
+    bos = engine.tokenizer.bos_token_id
+    for row, n in zip(range(len(PROMPTS)), lengths):
+        assert mask[row, -n:].all() and not mask[row, :-n].any()
+        assert ids[row, -n].item() == bos
+
+
+def hf_greedy(loaded, prompts: list[str], new_tokens: int) -> list[list[int]]:
+    """Stock `model.generate` greedy, trimmed after the first EOS (which it keeps)."""
+    enc = loaded.tokenizer(prompts, padding=True, return_tensors="pt", padding_side="left")
+    out = loaded.model.generate(
+        **enc, do_sample=False, max_new_tokens=new_tokens, pad_token_id=loaded.tokenizer.pad_token_id
+    )
+    rows = []
+    for row in out[:, enc["input_ids"].shape[1] :].tolist():
+        eos = loaded.tokenizer.eos_token_id
+        rows.append(row[: row.index(eos) + 1] if eos in row else row)
+    return rows
+
+
+def test_stock_greedy_equals_hf_generate(tiny_mixtral, engine: DecodeEngine) -> None:
+    ours = engine.generate(PROMPTS, max_new_tokens=40)
+    assert [g.token_ids for g in ours] == hf_greedy(tiny_mixtral, PROMPTS, 40)
+    for g in ours:
+        assert g.num_tokens == len(g.token_ids)
+        assert g.stop_reason == ("eos" if g.token_ids[-1] == engine.tokenizer.eos_token_id else "length")
+
+
+def test_routed_greedy_equals_generate_under_the_same_policy(tiny_mixtral, engine: DecodeEngine) -> None:
+    policy = RoutingPolicy.topk(1)
+    ours = engine.generate(PROMPTS, max_new_tokens=16, routing=policy)
+    with tiny_mixtral.controller.use([policy] * len(PROMPTS)):
+        ref = hf_greedy(tiny_mixtral, PROMPTS, 16)
+    assert [g.token_ids for g in ours] == ref
+    assert ref != hf_greedy(tiny_mixtral, PROMPTS, 16)  # the policy really changed the output
+    assert tiny_mixtral.controller.policies is None  # stock routing restored
+
+
+def reference_scmoe(loaded, prompt: str, steps: int, contrast: Contrast) -> list[int]:
+    """Independent SCMoE: one unpadded prompt, a strong and a weak pass with their own caches, EOS banned."""
+    model, ctl = loaded.model, loaded.controller
+    ids = torch.tensor([loaded.tokenizer(prompt)["input_ids"]])
+    caches = {"strong": DynamicCache(config=model.config), "weak": DynamicCache(config=model.config)}
+    policy = {"strong": contrast.strong, "weak": contrast.weak}
+    eos = loaded.tokenizer.eos_token_id
+    out: list[int] = []
+    feed = ids
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = {}
+            for side in ("strong", "weak"):
+                ctl.set([policy[side]])
+                logits[side] = model(input_ids=feed, cache=caches[side], use_cache=True).logits[0, -1].float()
+            ctl.set(None)
+            zs, zw = logits["strong"].clone(), logits["weak"]
+            zs[eos] = -math.inf
+            plausible = zs >= zs.max() + math.log(contrast.alpha)
+            score = torch.where(plausible, (1 + contrast.beta) * zs - contrast.beta * zw, -math.inf)
+            token = int(score.argmax())
+            out.append(token)
+            feed = torch.tensor([[token]])
+    return out
+
+
+@pytest.fixture(scope="module")
+def scmoe_reference(tiny_mixtral) -> list[list[int]]:
+    return [reference_scmoe(tiny_mixtral, p, 64, SCMOE) for p in PROMPTS]
+
+
+@pytest.mark.parametrize("two_pass", [False, True], ids=["batched", "two-pass"])
+def test_scmoe_equals_independent_two_pass_reference(engine, scmoe_reference, two_pass: bool) -> None:
+    ours = engine.generate(PROMPTS, max_new_tokens=64, contrast=SCMOE, ban_eos=True, two_pass=two_pass)
+    assert [g.token_ids for g in ours] == scmoe_reference
+    assert all(g.stop_reason == "length" and g.num_tokens == 64 for g in ours)
+
+
+def test_scmoe_differs_from_greedy(engine, scmoe_reference) -> None:
+    greedy = engine.generate(PROMPTS, max_new_tokens=64, ban_eos=True)
+    assert [g.token_ids for g in greedy] != scmoe_reference
+
+
+def test_stop_split_across_tokens_is_cut_and_recorded(engine: DecodeEngine) -> None:
+    full = engine.generate(PROMPTS[:1], max_new_tokens=30, ban_eos=True)[0]
+    texts = [engine.tokenizer.decode(full.token_ids[:n]) for n in range(len(full.token_ids) + 1)]  # after n tokens
+    # A two-character stop: last char of the first n-1 tokens + first char of token n, seen nowhere earlier.
+    for n in range(2, len(full.token_ids)):
+        before, upto = texts[n - 1], texts[n]
+        if len(upto) > len(before) > 0:
+            stop = before[-1] + upto[len(before)]
+            if texts[-1].find(stop) == len(before) - 1:
+                break
+    else:
+        pytest.fail("no token boundary to test a split stop on")
+    got = engine.generate(PROMPTS[:1], max_new_tokens=30, ban_eos=True, stops=["@@never@@", stop])[0]
+    assert got.stop_reason == "stop" and got.stop == stop
+    assert got.text == before[:-1]
+    assert got.token_ids == full.token_ids[:n] and got.num_tokens == n
+
+
+def test_rows_that_stop_early_leave_the_others_unchanged(engine: DecodeEngine) -> None:
+    alone = [engine.generate([p], max_new_tokens=24, stops=[" "], contrast=SCMOE, ban_eos=True)[0] for p in PROMPTS]
+    together = engine.generate(PROMPTS, max_new_tokens=24, stops=[" "], contrast=SCMOE, ban_eos=True)
+    assert [g.token_ids for g in together] == [g.token_ids for g in alone]
+    assert len({g.num_tokens for g in together}) > 1  # rows really finished at different steps
+
+
+@pytest.fixture(scope="module")
+def eos_loving(tiny_mixtral_path: Path):
+    """A private copy of the tiny model whose output layer always prefers EOS."""
+    loaded = load_model(ModelConfig(path=str(tiny_mixtral_path), dtype="float32", device="cpu"))
+    old = loaded.model.lm_head
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(old.weight)
+        head.bias.zero_()
+        head.bias[loaded.tokenizer.eos_token_id] = 1e4
+    loaded.model.lm_head = head
+    return loaded
+
+
+def test_eos_ends_a_row_unless_banned(eos_loving) -> None:
+    engine = DecodeEngine(eos_loving)
+    eos = eos_loving.tokenizer.eos_token_id
+    ended = engine.generate(PROMPTS[:2], max_new_tokens=8)
+    assert [(g.token_ids, g.stop_reason, g.text) for g in ended] == [([eos], "eos", "")] * 2
+    banned = engine.generate(PROMPTS[:2], max_new_tokens=8, ban_eos=True)
+    for g in banned:
+        assert eos not in g.token_ids and g.stop_reason == "length" and g.num_tokens == 8
+    scmoe = engine.generate(PROMPTS[:2], max_new_tokens=8, contrast=SCMOE, ban_eos=True)
+    assert all(eos not in g.token_ids and g.stop_reason == "length" for g in scmoe)
+
+
+def test_max_new_tokens_gives_length(engine: DecodeEngine) -> None:
+    for g in engine.generate(PROMPTS, max_new_tokens=3, ban_eos=True):
+        assert (g.stop_reason, g.num_tokens, g.stop) == ("length", 3, None)
+    with pytest.raises(ValueError):
+        engine.generate(PROMPTS, max_new_tokens=0)
+
+
+def test_seeded_sampling_reproducible_and_batch_independent(engine: DecodeEngine) -> None:
+    params = SamplingParams(temperature=1.0)
+    kw = dict(max_new_tokens=20, sampling=params, ban_eos=True)
+    alone = engine.generate([PROMPTS[1]], seeds=[7], **kw)[0]
+    again = engine.generate([PROMPTS[1]], seeds=[7], **kw)[0]
+    mixed = engine.generate([PROMPTS[0], PROMPTS[1], PROMPTS[2]], seeds=[3, 7, 11], **kw)[1]
+    other = engine.generate([PROMPTS[1]], seeds=[8], **kw)[0]
+    assert alone.token_ids == again.token_ids == mixed.token_ids
+    assert other.token_ids != alone.token_ids
+    with pytest.raises(ValueError, match="seed"):
+        engine.generate(PROMPTS, max_new_tokens=2, sampling=params)
+
+
+def test_scmoe_sampling_batched_equals_two_pass(engine: DecodeEngine) -> None:
+    kw = dict(max_new_tokens=24, sampling=SamplingParams(temperature=1.0), contrast=SCMOE, ban_eos=True)
+    batched = engine.generate(PROMPTS, seeds=[1, 2, 3, 4], two_pass=False, **kw)
+    two_pass = engine.generate(PROMPTS, seeds=[1, 2, 3, 4], two_pass=True, **kw)
+    assert [g.token_ids for g in batched] == [g.token_ids for g in two_pass]
+
+
+def test_sampler_draws_follow_softmax() -> None:
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(4000, 4)
+    gens = [torch.Generator().manual_seed(i) for i in range(4000)]
+    counts = torch.bincount(Sampler()(scores, SamplingParams(temperature=1.0), gens), minlength=4) / 4000
+    assert counts.tolist() == pytest.approx([0.5, 0.3, 0.15, 0.05], abs=0.025)
+
+
+def test_sampler_top_k_top_p_temperature() -> None:
+    s = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert (Sampler.apply_top_k(s, 2) > -math.inf).tolist() == [[True, True, False, False]]
+    # top-p: keep until the mass reaches p (0.5 < 0.7, 0.8 >= 0.7), the top token always stays.
+    assert (Sampler.apply_top_p(s, 0.7) > -math.inf).tolist() == [[True, True, False, False]]
+    assert (Sampler.apply_top_p(s, 0.81) > -math.inf).tolist() == [[True, True, True, False]]
+    assert (Sampler.apply_top_p(s, 0.1) > -math.inf).tolist() == [[True, False, False, False]]
+    assert Sampler.apply_temperature(s, 0.5).softmax(-1)[0, 0] > 0.5
+    gens = [torch.Generator().manual_seed(i) for i in range(300)]
+    picks = Sampler()(s.expand(300, 4), SamplingParams(temperature=1.0, top_p=0.7), gens)
+    assert set(picks.tolist()) == {0, 1}
+
+
+def test_generation_record_keys() -> None:
+    g = Generation(text=" 6", token_ids=[5, 6], stop_reason="stop", stop="\n\n", num_tokens=2)
+    assert g.to_record() == {
+        "completion": " 6",
+        "token_ids": [5, 6],
+        "stop_reason": "stop",
+        "stop": "\n\n",
+        "num_tokens": 2,
+    }
