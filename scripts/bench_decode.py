@@ -4,7 +4,7 @@ Not a test: it writes JSON (median per-token latency, tokens/s, peak GPU memory)
 Every run forces exactly `--new-tokens` tokens (EOS banned, no stop strings) after a `--prompt-len`
 token prompt; methods are interleaved within each round and the median over rounds is reported.
 
-  python scripts/bench_decode.py                      # CPU: tiny + mid random Mixtral fixtures
+  python scripts/bench_decode.py                      # CPU: random Mixtral, hidden 64 / 512 / 1024
   python scripts/bench_decode.py --device cuda --out results/bench/h200.json
                                                       # Mixtral-8x7B shape, random bf16, built on the GPU
 """
@@ -62,15 +62,36 @@ def _wrap(name: str, model: torch.nn.Module, tokenizer, device: str) -> Subject:
     return Subject(name, loaded, DecodeEngine(loaded))
 
 
-def cpu_subjects() -> list[Subject]:
-    """The cached tiny and mid (hidden 512) random Mixtral fixtures, float32."""
+# CPU-only size between the fixtures and a real model: where the CPU batched/two-pass order flips.
+LARGE_CPU = dict(
+    hidden_size=1024,
+    intermediate_size=2816,
+    num_hidden_layers=4,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    num_local_experts=8,
+    num_experts_per_tok=2,
+    max_position_embeddings=8192,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+    tie_word_embeddings=False,
+)
+
+
+def cpu_subjects(sizes: list[str]) -> list[Subject]:
+    """Random float32 Mixtrals: the cached tiny / mid (hidden 512) fixtures, `large` (hidden 1024) in memory."""
     from scmoe_eval.models.fixtures import fixture_path
 
     out = []
-    for size in ("tiny", "mid"):
-        path = fixture_path("mixtral", size=size)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        out.append(_wrap(size, model, AutoTokenizer.from_pretrained(path), "cpu"))
+    for size in sizes:
+        path = fixture_path("mixtral", size="tiny" if size == "large" else size)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if size == "large":
+            model = random_mixtral(MixtralConfig(vocab_size=len(tokenizer), **LARGE_CPU), "cpu", torch.float32)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        out.append(_wrap(size, model, tokenizer, "cpu"))
     return out
 
 
@@ -220,7 +241,6 @@ def summarize(rows: list[dict], subjects: list[Subject], args: argparse.Namespac
                 scmoe_batched_over_greedy=ms["scmoe_batched"] / ms["greedy"],
                 scmoe_two_pass_over_greedy=ms["scmoe_two_pass"] / ms["greedy"],
                 batched_over_two_pass=ms["scmoe_batched"] / ms["scmoe_two_pass"],
-                engine_default_mode="two_pass" if s.engine.default_two_pass() else "batched",
             )
             peak = {m: by[(s.name, b, m)].get("peak_mem_gib") for m in METHODS}
             if peak["greedy"] is not None:
@@ -240,14 +260,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default results/bench/<device>.json)")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--prompt-len", type=int, default=32)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=None, help="default: 5 on cpu, 3 on cuda")
+    parser.add_argument("--new-tokens", type=int, default=None, help="default: 32 on cpu, 64 on cuda")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--decode-experts", default=None, help="experts implementation of our decode steps (default: engine's choice)"
     )
+    parser.add_argument("--cpu-sizes", nargs="+", choices=["tiny", "mid", "large"], default=["tiny", "mid", "large"])
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (the dev machine is shared)")
     args = parser.parse_args()
-    args.rounds = args.rounds or (5 if args.device == "cpu" else 3)
+    args.new_tokens = args.new_tokens or (32 if args.device == "cpu" else 64)
     out = args.out or Path("results/bench") / f"{args.device}.json"
 
     torch.manual_seed(0)
@@ -259,7 +280,7 @@ def main() -> None:
         print(f"built random Mixtral-8x7B shape on {torch.cuda.get_device_name()} in {time.perf_counter() - started:.0f}s")
     else:
         torch.set_num_threads(args.threads)
-        subjects = cpu_subjects()
+        subjects = cpu_subjects(args.cpu_sizes)
 
     for s in subjects:
         s.engine.decode_experts = args.decode_experts

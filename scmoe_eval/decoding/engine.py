@@ -6,7 +6,8 @@ next-token scores:
 - `_PairedScorer` (SCMoE, batched): prompt i occupies rows (2i, 2i+1) = (strong, weak) of ONE forward
   and ONE KV cache, so the weak prefill runs under weak routing too, as in the paper's code.
 - `_TwoPassScorer` (SCMoE, two-pass): a strong and a weak forward per step, each with its own cache.
-Rows that finish are dropped from the batch and the cache (measured faster than keeping them).
+Batched is the default: on CPU and on an H200 it was faster than, or level with, two-pass at every
+size measured (results/bench/). Rows that finish are dropped from the batch and the cache.
 """
 
 from __future__ import annotations
@@ -28,10 +29,6 @@ if TYPE_CHECKING:
     from scmoe_eval.models.routing import RoutingController, RoutingPolicy
 
 Policy = Optional["RoutingPolicy"]  # None = the model's stock routing
-
-# CPU fp32 small-M GEMMs cost ~linearly in rows, so the doubled batch stops paying off on larger
-# models (results/bench/cpu.json); on GPUs one batched forward is always the faster mode.
-_CPU_BATCHED_MAX_HIDDEN = 256
 
 
 @dataclass
@@ -193,10 +190,6 @@ class DecodeEngine:
                 ids.update([source] if isinstance(source, int) else source)
         return sorted(ids)
 
-    def default_two_pass(self) -> bool:
-        """The faster SCMoE mode for this device and model size (see docs/decoding.md)."""
-        return self.device.type == "cpu" and self.model.config.hidden_size > _CPU_BATCHED_MAX_HIDDEN
-
     def _slots(self, policy: Policy) -> int:
         """Experts one token asks for under `policy` (the controller pads every row to the widest)."""
         if policy is None or policy.kind == "default":
@@ -259,7 +252,7 @@ class DecodeEngine:
         """Decode every prompt until EOS (unless banned), a stop string, or max_new_tokens.
 
         `routing` applies to plain decoding; `contrast` switches to SCMoE (its own strong/weak policies),
-        batched or `two_pass` (None: the faster mode for the device). One seed per prompt drives a
+        batched, or with `two_pass=True` two forwards per step (None: batched, the faster mode). One seed per prompt drives a
         per-row generator, so a sample never depends on the rest of the batch.
         """
         n = len(prompts)
@@ -269,8 +262,7 @@ class DecodeEngine:
             raise ValueError("max_new_tokens must be >= 1")
         generators = self._generators(seeds, n, sampling)
         ban = torch.tensor(self.eos_ids, device=self.device) if ban_eos and self.eos_ids else None
-        if two_pass is None:
-            two_pass = self.default_two_pass()
+        two_pass = bool(two_pass)  # None: batched, measured faster or equal on CPU and H200 (docs/decoding.md)
         if contrast is None:
             scorer = _PlainScorer(self.model, self.controller, n, routing, ban)
         elif two_pass:
