@@ -81,7 +81,7 @@ class _Stream:
         out = self.model(
             input_ids=ids, attention_mask=self.mask, position_ids=pos, cache=self.cache, use_cache=True, logits_to_keep=1
         )
-        return out.logits[:, -1].float()  # (R, V)
+        return out.logits[:, -1].float().to(self.mask.device)  # (R, V); lm_head may sit on another GPU
 
     def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
         """ids, mask (R, L) left-padded -> last-position logits (R, V)."""
@@ -202,7 +202,7 @@ class DecodeEngine:
 
         Off CPU, batched_mm gathers one weight copy per (token, expert slot): fastest while there are
         few slots, ruinous with many (H200, Mixtral-8x7B shape: 27 vs 36 ms/token at B=1, 126 vs 40 at
-        B=8, results/bench/h200.json). So grouped_mm becomes batched_mm only for <= E/2 slots per step.
+        B=8, results/bench/h200_decode_*.json). So grouped_mm becomes batched_mm only for <= E/2 slots per step.
         """
         before = self.model.get_experts_implementation()
         target = self.decode_experts
