@@ -88,7 +88,10 @@ class _Stream:
         self.mask = mask
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (R, L): padding does not shift positions
         self.next_pos = pos[:, -1:] + 1
-        return self._forward(ids, pos)
+        logits = self._forward(ids, pos)
+        if self.cache.get_seq_length() == 0:  # an older transformers swallows `cache=` silently
+            raise RuntimeError("the model did not fill the KV cache passed as `cache=`; use transformers >= 5.24")
+        return logits
 
     def step(self, tokens: Tensor) -> Tensor:
         """tokens (R,) -> logits (R, V)."""
@@ -112,7 +115,8 @@ def _ban(logits: Tensor, ids: Tensor | None) -> Tensor:
 
 class _PlainScorer:
     def __init__(self, model, controller, n: int, policy: Policy, ban: Tensor | None) -> None:
-        self.stream = _Stream(model, controller, None if policy is None else [policy] * n)
+        stock = policy is None or policy.kind == "default"
+        self.stream = _Stream(model, controller, None if stock else [policy] * n)
         self.ban = ban
 
     def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
