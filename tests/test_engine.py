@@ -87,10 +87,10 @@ def reference_scmoe(loaded, prompt: str, steps: int, contrast: Contrast) -> list
                 ctl.set([policy[side]])
                 logits[side] = model(input_ids=feed, cache=caches[side], use_cache=True).logits[0, -1].float()
             ctl.set(None)
-            zs, zw = logits["strong"].clone(), logits["weak"]
-            zs[eos] = -math.inf
+            zs, zw = logits["strong"], logits["weak"]
             plausible = zs >= zs.max() + math.log(contrast.alpha)
             score = torch.where(plausible, (1 + contrast.beta) * zs - contrast.beta * zw, -math.inf)
+            score[eos] = -math.inf  # the paper's code bans EOS after the plausibility mask
             token = int(score.argmax())
             out.append(token)
             feed = torch.tensor([[token]])
@@ -162,7 +162,9 @@ def test_eos_ends_a_row_unless_banned(eos_loving) -> None:
     for g in banned:
         assert eos not in g.token_ids and g.stop_reason == "length" and g.num_tokens == 8
     scmoe = engine.generate(PROMPTS[:2], max_new_tokens=8, contrast=SCMOE, ban_eos=True)
-    assert all(eos not in g.token_ids and g.stop_reason == "length" for g in scmoe)
+    # EOS is the only plausible token and the ban comes after the mask (paper code order): every score is
+    # -inf and argmax falls back to id 0, exactly what the paper's code emits in this corner.
+    assert [(g.token_ids, g.stop_reason) for g in scmoe] == [([0] * 8, "length")] * 2
 
 
 def test_max_new_tokens_gives_length(engine: DecodeEngine) -> None:

@@ -139,7 +139,7 @@ class _PairedScorer:
 
     def _score(self, logits: Tensor) -> Tensor:  # (2N, V) -> (N, V)
         c = self.contrast
-        return scmoe_logits(_ban(logits[0::2], self.ban), logits[1::2], c.alpha, c.beta)
+        return _ban(scmoe_logits(logits[0::2], logits[1::2], c.alpha, c.beta), self.ban)  # ban after the mask, as the paper's code
 
     def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
         return self._score(self.stream.prefill(ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0)))
@@ -161,7 +161,7 @@ class _TwoPassScorer:
         self.ban = ban
 
     def _score(self, zs: Tensor, zw: Tensor) -> Tensor:
-        return scmoe_logits(_ban(zs, self.ban), zw, self.contrast.alpha, self.contrast.beta)
+        return _ban(scmoe_logits(zs, zw, self.contrast.alpha, self.contrast.beta), self.ban)
 
     def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
         return self._score(self.strong.prefill(ids, mask), self.weak.prefill(ids, mask))
