@@ -45,7 +45,7 @@ class ModelConfig:
 
 @dataclass
 class StrategyConfig:
-    name: str = "greedy"  # greedy | sample | scmoe | scmoe-sample | self-consistency
+    name: str = "greedy"  # greedy | sample | scmoe | scmoe-sample | self-consistency | cd | dola | contrastive-search
     routing: RoutingConfig = field(default_factory=RoutingConfig)  # greedy / sample
     strong: RoutingConfig = field(default_factory=lambda: RoutingConfig(kind="topk", k=2))
     weak: RoutingConfig = field(default_factory=lambda: RoutingConfig(kind="rank", k=2))
@@ -58,6 +58,11 @@ class StrategyConfig:
     two_pass: Optional[bool] = None  # SCMoE: None picks the faster mode for the device
     inner: str = "sample"  # self-consistency: the strategy sampled n times
     num_samples: int = 1
+    amateur: Optional[str] = None  # cd: the amateur checkpoint (hub id or local dir), same vocabulary
+    dola_layers: Any = "low"  # dola: "low" | "high" (even layers of [0, L/2) | [L/2, L)) or a list
+    relative_top: float = 0.1  # dola: keep tokens with mature prob >= relative_top * max prob
+    repetition_penalty: float = 1.2  # dola: HF-style penalty on tokens already in the row
+    penalty_alpha: float = 0.6  # contrastive-search: weight of the degeneration penalty (top_k candidates)
 
 
 @dataclass
@@ -101,6 +106,8 @@ ROUTING_KINDS = ("default", "topk", "rank", "topp", "random")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOGGERS = (None, "wandb")
 SCMOE_STRATEGIES = ("scmoe", "scmoe-sample")
+BASELINE_STRATEGIES = ("cd", "dola", "contrastive-search")  # stock routing, no routing policy to check
+DOLA_BANDS = ("low", "high")
 
 
 class ConfigError(ValueError):
@@ -145,6 +152,8 @@ def used_policies(strategy: StrategyConfig) -> dict[str, RoutingConfig]:
     name = strategy.inner if strategy.name == "self-consistency" else strategy.name
     if name in SCMOE_STRATEGIES:
         return {"strategy.strong": strategy.strong, "strategy.weak": strategy.weak}
+    if name in BASELINE_STRATEGIES:
+        return {}
     return {"strategy.routing": strategy.routing}
 
 
@@ -160,6 +169,7 @@ def validate(cfg: ExperimentConfig, num_experts: Optional[int] = None) -> None:
     _check(s.inner != "self-consistency", "strategy.inner", "cannot itself be self-consistency")
     for key, policy in used_policies(s).items():
         _validate_policy(key, policy, num_experts)
+    _validate_baseline(s)
     _check(cfg.model.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {cfg.model.dtype!r}")
     _check(cfg.logger in LOGGERS, "logger", f"must be null or 'wandb', got {cfg.logger!r}")
     _check(r.limit is None or r.limit >= 1, "run.limit", f"must be >= 1 or null, got {r.limit}")
@@ -168,6 +178,25 @@ def validate(cfg: ExperimentConfig, num_experts: Optional[int] = None) -> None:
     _check(r.num_shards >= 1, "run.num_shards", f"must be >= 1, got {r.num_shards}")
     _check(0 <= r.shard < r.num_shards, "run.shard", f"must be in [0, {r.num_shards}), got {r.shard}")
     _check(cfg.task.timeout > 0, "task.timeout", f"must be > 0, got {cfg.task.timeout}")
+
+
+def _validate_baseline(s: StrategyConfig) -> None:
+    """Settings of the cd / dola / contrastive-search baselines (only the chosen one is checked)."""
+    if s.name == "cd":
+        _check(bool(s.amateur), "strategy.amateur", "the cd strategy needs an amateur model (hub id or local dir)")
+    elif s.name == "dola":
+        layers = s.dola_layers
+        if isinstance(layers, str):
+            _check(layers in DOLA_BANDS, "strategy.dola_layers", f"must be one of {DOLA_BANDS} or a list, got {layers!r}")
+        else:
+            ok = isinstance(layers, (list, tuple)) and len(layers) > 0
+            ok = ok and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in layers)
+            _check(ok, "strategy.dola_layers", f"must be a non-empty list of layer indices >= 0, got {layers!r}")
+        _check(0 < s.relative_top <= 1, "strategy.relative_top", f"must be in (0, 1], got {s.relative_top}")
+        _check(s.repetition_penalty > 0, "strategy.repetition_penalty", f"must be > 0, got {s.repetition_penalty}")
+    elif s.name == "contrastive-search":
+        _check(0 <= s.penalty_alpha <= 1, "strategy.penalty_alpha", f"must be in [0, 1], got {s.penalty_alpha}")
+        _check(s.top_k >= 1, "strategy.top_k", f"contrastive search needs >= 1 candidates, got {s.top_k}")
 
 
 def _validate_policy(key: str, policy: RoutingConfig, num_experts: Optional[int]) -> None:

@@ -99,6 +99,8 @@ def generate(checked: Checked, store: RunStore) -> dict[str, Any]:
         return stats
 
     engine, tokenizer = _engine(checked)
+    if cfg.strategy.name == "cd":
+        strategy = _with_amateur(strategy, checked)
     lengths = {it.index: len(tokenizer(it.prompt).input_ids) for it in todo}
     todo.sort(key=lambda it: (-lengths[it.index], it.index))  # longest first: padding and OOMs show up early
     stops = checked.task.stop_sequences(cfg.task)
@@ -136,6 +138,14 @@ def _engine(checked: Checked) -> tuple[Any, Any]:
     for policy in used_policies(checked.cfg.strategy).values():
         loaded.controller.check(RoutingPolicy.from_config(policy))
     return DecodeEngine(loaded), loaded.tokenizer
+
+
+def _with_amateur(strategy: Any, checked: Checked) -> Any:
+    """The cd strategy with its amateur loaded like the expert (same dtype and placement settings)."""
+    from scmoe_eval.decoding.baselines import attach_amateur, load_amateur
+
+    log.info("loading the CD amateur from %s", checked.cfg.strategy.amateur)
+    return attach_amateur(strategy, load_amateur(checked.cfg.strategy.amateur, checked.cfg.model))
 
 
 def rescore(run_dir: Path, cfg: ExperimentConfig) -> Optional[dict[str, Any]]:

@@ -149,6 +149,36 @@ def _check_strategy(cfg: ExperimentConfig) -> None:
             raise ConfigError(key, f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES.names())}")
 
 
+def _text_config(model_config: Any) -> Any:
+    return getattr(model_config, "text_config", None) or model_config
+
+
+def _check_amateur(cfg: ExperimentConfig, expert_config: Any) -> str:
+    """CD: the amateur's config.json is readable and declares the expert's vocabulary; its resolved path."""
+    amateur = dataclasses.replace(cfg.model, path=cfg.strategy.amateur, revision=None, family=None)
+    try:
+        amateur = dataclasses.replace(amateur, path=resolve_model_path(amateur))
+        amateur_config = read_model_config(amateur)
+    except ConfigError as err:
+        raise ConfigError("strategy.amateur", str(err).removeprefix(f"{err.key}: ")) from None
+    ours, theirs = _text_config(expert_config).vocab_size, _text_config(amateur_config).vocab_size
+    if ours != theirs:
+        raise ConfigError(
+            "strategy.amateur",
+            f"{cfg.strategy.amateur!r} has vocab_size {theirs}, the model {ours}: CD needs the same vocabulary",
+        )
+    return amateur.path
+
+
+def _check_dola_layers(cfg: ExperimentConfig, model_config: Any) -> None:
+    layers = cfg.strategy.dola_layers
+    num_layers = _text_config(model_config).num_hidden_layers
+    if not isinstance(layers, str) and max(layers) >= num_layers:
+        raise ConfigError(
+            "strategy.dola_layers", f"premature layers must be < {num_layers} (the model's layer count), got {list(layers)}"
+        )
+
+
 def check(cfg: ExperimentConfig) -> Checked:
     """Every check, cheapest first; returns what the run needs next. Raises ConfigError."""
     validate(cfg)
@@ -156,7 +186,13 @@ def check(cfg: ExperimentConfig) -> Checked:
     task = _check_task(cfg)  # the gate before the model; the items after it (they may be big)
     resolved = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=resolve_model_path(cfg.model)))
     _check_gpu(resolved.model)
-    experts = num_experts(read_model_config(resolved.model))
+    model_config = read_model_config(resolved.model)
+    experts = num_experts(model_config)
+    if cfg.strategy.name == "cd":
+        amateur = _check_amateur(resolved, model_config)
+        resolved = dataclasses.replace(resolved, strategy=dataclasses.replace(resolved.strategy, amateur=amateur))
+    if cfg.strategy.name == "dola":
+        _check_dola_layers(resolved, model_config)
     validate(resolved, num_experts=experts)
     items = _load_items(task, resolved)
     return Checked(cfg=resolved, task=task, items=items, num_experts=experts)

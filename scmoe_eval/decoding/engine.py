@@ -25,6 +25,7 @@ from scmoe_eval.decoding.scmoe import scmoe_logits
 from scmoe_eval.decoding.stopping import StopChecker
 
 if TYPE_CHECKING:
+    from scmoe_eval.decoding.baselines import Baseline
     from scmoe_eval.models.loading import LoadedModel
     from scmoe_eval.models.routing import RoutingController, RoutingPolicy
 
@@ -252,12 +253,14 @@ class DecodeEngine:
         contrast: Contrast | None = None,
         ban_eos: bool = False,
         two_pass: bool | None = None,
+        baseline: "Baseline | None" = None,
     ) -> list[Generation]:
         """Decode every prompt until EOS (unless banned), a stop string, or max_new_tokens.
 
         `routing` applies to plain decoding; `contrast` switches to SCMoE (its own strong/weak policies),
         batched, or with `two_pass=True` two forwards per step (None: batched, the faster mode). One seed per prompt drives a
-        per-row generator, so a sample never depends on the rest of the batch.
+        per-row generator, so a sample never depends on the rest of the batch. `baseline` (CD, DoLa,
+        contrastive search; decoding/baselines.py) supplies its own scorer under stock routing.
         """
         n = len(prompts)
         if n == 0:
@@ -267,7 +270,9 @@ class DecodeEngine:
         generators = self._generators(seeds, n, sampling)
         ban = torch.tensor(self.eos_ids, device=self.device) if ban_eos and self.eos_ids else None
         two_pass = bool(two_pass)  # None: batched, measured faster or equal on CPU and H200 (docs/decoding.md)
-        if contrast is None:
+        if baseline is not None:
+            scorer = baseline.scorer(self, n, ban)
+        elif contrast is None:
             scorer = _PlainScorer(self.model, self.controller, n, routing, ban)
         elif two_pass:
             scorer = _TwoPassScorer(self.model, self.controller, n, contrast, ban)
@@ -278,7 +283,9 @@ class DecodeEngine:
 
         tokens: list[list[int]] = [[] for _ in range(n)]
         reasons: list[str | None] = [None] * n
-        if contrast is None:  # rows and routing policies of one decode forward
+        if baseline is not None:  # rows and routing policies of one decode forward
+            rows, policies = n * baseline.rows_per_prompt(), [None]
+        elif contrast is None:
             rows, policies = n, [routing]
         else:
             rows, policies = (n if two_pass else 2 * n), [contrast.strong, contrast.weak]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from scmoe_eval.config import RoutingConfig, StrategyConfig
+from scmoe_eval.decoding.baselines import Baseline, ContrastiveDecoding, ContrastiveSearch, DoLa
 from scmoe_eval.decoding.engine import Contrast, DecodeEngine, Generation, Policy
 from scmoe_eval.decoding.sampler import GREEDY, SamplingParams
 from scmoe_eval.registry import Registry
@@ -39,6 +40,7 @@ class Strategy:
     ban_eos: bool = False
     two_pass: bool | None = None
     num_samples: int = 1
+    baseline: Baseline | None = None  # cd / dola / contrastive-search: the engine runs its scorer
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -72,6 +74,7 @@ class Strategy:
                 contrast=self.contrast,
                 ban_eos=self.ban_eos,
                 two_pass=self.two_pass,
+                baseline=self.baseline,
             )
             for row, gen in zip(out, gens):
                 row.append(gen)
@@ -143,3 +146,27 @@ def _self_consistency(cfg: StrategyConfig) -> Strategy:
     if cfg.inner == "self-consistency":
         raise ValueError("self-consistency cannot be its own inner strategy")
     return build_strategy(replace(cfg, name=cfg.inner))
+
+
+@STRATEGIES.register("cd")
+def _cd(cfg: StrategyConfig) -> Strategy:
+    """Contrastive decoding vs the amateur `strategy.amateur` (attached by the runner); EOS allowed
+    (paper code: early_stop=True)."""
+    return Strategy(baseline=ContrastiveDecoding(alpha=cfg.alpha, beta=cfg.beta), ban_eos=bool(cfg.ban_eos))
+
+
+@STRATEGIES.register("dola")
+def _dola(cfg: StrategyConfig) -> Strategy:
+    """DoLa as the paper's code: max-JS premature layer, relative_top, repetition penalty; EOS banned
+    by default (paper code: early_stop=False)."""
+    layers = cfg.dola_layers if isinstance(cfg.dola_layers, str) else tuple(cfg.dola_layers)
+    dola = DoLa(layers=layers, relative_top=cfg.relative_top, penalty=cfg.repetition_penalty)
+    return Strategy(baseline=dola, ban_eos=_ban_eos_scmoe(cfg))
+
+
+@STRATEGIES.register("contrastive-search")
+def _contrastive_search(cfg: StrategyConfig) -> Strategy:
+    """Contrastive search over the top_k candidates with penalty_alpha; EOS allowed (HF generate default)."""
+    return Strategy(
+        baseline=ContrastiveSearch(penalty_alpha=cfg.penalty_alpha, top_k=cfg.top_k), ban_eos=bool(cfg.ban_eos)
+    )
