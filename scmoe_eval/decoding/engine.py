@@ -70,15 +70,17 @@ class _Stream:
     ) -> None:
         self.model = model
         self.controller = controller
-        self.policies = policies  # one per row; None = stock routing for all rows
+        # one per row; None = stock routing for all rows. A tuple, as the controller stores it, so the
+        # per-step check below is an identity test, not a re-set
+        self.policies = None if policies is None else tuple(policies)
         self.cache = DynamicCache(config=model.config)
         self.mask: Tensor | None = None  # (R, T) 1 = real token
         self.next_pos: Tensor | None = None  # (R, 1)
 
     def _forward(self, ids: Tensor, pos: Tensor) -> Tensor:
-        wanted = None if self.policies is None else tuple(self.policies)
-        if self.controller.policies != wanted:  # re-set only on change: keeps the device-side row map
-            self.controller.set(wanted)
+        current = self.controller.policies
+        if current is not self.policies and current != self.policies:  # re-set only on change (two-pass)
+            self.controller.set(self.policies)
         out = self.model(
             input_ids=ids, attention_mask=self.mask, position_ids=pos, cache=self.cache, use_cache=True, logits_to_keep=1
         )
@@ -107,7 +109,7 @@ class _Stream:
         self.mask = self.mask[rows]
         self.next_pos = self.next_pos[rows]
         if self.policies is not None:
-            self.policies = [self.policies[r] for r in rows.tolist()]
+            self.policies = tuple(self.policies[r] for r in rows.tolist())
 
 
 def _ban(logits: Tensor, ids: Tensor | None) -> Tensor:
@@ -146,7 +148,7 @@ class _PairedScorer:
         return self._score(self.stream.prefill(ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0)))
 
     def step(self, tokens: Tensor) -> Tensor:
-        return self._score(self.stream.step(tokens.repeat_interleave(2)))
+        return self._score(self.stream.step(tokens[:, None].expand(-1, 2).reshape(-1)))  # (2N,): t0 t0 t1 t1 ...
 
     def select(self, rows: Tensor) -> None:
         self.stream.select(torch.stack([2 * rows, 2 * rows + 1], dim=1).flatten())

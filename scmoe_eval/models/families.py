@@ -3,10 +3,13 @@
 Routing policies (`routing.py`) are family-agnostic; they ask an adapter for
   * the router modules to hook,
   * the router logits, the stock (index, weight) selection, and how to repack a new one,
-  * `RouterScores`: the family's expert order (best first, group limits applied), the
-    per-expert gate values the family multiplies the chosen experts with, and the tensor its
-    own `torch.topk` runs on (so top-k reproduces the family's slot order, `sorted=False` included),
-  * whether top-k renormalises, the epsilon it adds, and the routed scaling factor.
+  * `RouterScores`: the family's expert order (best first, group limits applied; sorted only when
+    a policy asks for it), the per-expert gate values the family multiplies the chosen experts
+    with, and the tensor its own `torch.topk` runs on (so top-k reproduces the family's slot order,
+    `sorted=False` included),
+  * whether top-k renormalises, the epsilon it adds, and the routed scaling factor,
+  * whether the router's own output can stand in for a policy (`topk_exact`, `stock_ranked`), which
+    lets the routing hook skip recomputing scores on the SCMoE hot path.
 Each adapter mirrors its transformers 5.24 router exactly, so `topk(model's own k)` reproduces
 stock routing bit for bit.
 """
@@ -14,6 +17,7 @@ stock routing bit for bit.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar
 
 import torch
@@ -27,11 +31,26 @@ FAMILIES: Registry[type["FamilyAdapter"]] = Registry("model family")
 
 @dataclass(frozen=True)
 class RouterScores:
-    """What every policy needs from one router call."""
+    """What every policy needs from one router call. The full expert order costs a sort of all E
+    experts per token, so it is built only when a policy needs it (`top(k)` for rank(k) does not)."""
 
-    order: torch.Tensor  # (T, E) int64: expert ids, best first, under the family's ranking
     weights: torch.Tensor  # (T, E): gate value per expert before renormalisation / scaling
     topk_key: torch.Tensor  # (T, E): what the family's own torch.topk runs on (groups masked as it does)
+    rank_key: torch.Tensor  # (T, E): the family ranks experts by this, highest first
+    group_keep: torch.Tensor | None = None  # (T, E) bool: experts of the kept groups rank before all others
+
+    @cached_property
+    def order(self) -> torch.Tensor:
+        """(T, E) int64: expert ids, best first, under the family's ranking."""
+        if self.group_keep is None:
+            return self.rank_key.sort(dim=-1, descending=True).indices
+        return _order_in_groups(self.rank_key, self.group_keep)
+
+    def top(self, k: int) -> torch.Tensor:
+        """(T, k) int64: the k best experts, best first; a sorted top-k instead of a full sort when it can."""
+        if self.group_keep is None and "order" not in self.__dict__:
+            return self.rank_key.topk(k, dim=-1, sorted=True).indices
+        return self.order[:, :k]
 
 
 class FamilyAdapter:
@@ -42,6 +61,12 @@ class FamilyAdapter:
     router_suffixes: ClassVar[tuple[str, ...]] = ("TopKRouter", "TopkRouter")
     norm_eps: ClassVar[float] = 0.0  # added to the top-k sum before dividing, as the family does
     topk_sorted: ClassVar[bool] = True  # the `sorted=` flag of the family's torch.topk call
+    # topk(own k) is bit-exact with the router's output (tests/test_routing.py checks every native family),
+    # so the hook may keep the router's output for it instead of recomputing.
+    topk_exact: ClassVar[bool] = True
+    # The router's index columns are its first k experts in the family's order, best first, so rank(r)
+    # for r <= own k is column r-1 (a sorted torch.topk on the ranking key, with no expert groups).
+    stock_ranked: ClassVar[bool] = True
 
     def find_routers(self, model: nn.Module) -> list[nn.Module]:
         return [m for m in model.modules() if type(m).__name__.endswith(self.router_suffixes)]
@@ -63,7 +88,7 @@ class FamilyAdapter:
 
     def scores(self, router: nn.Module, logits: torch.Tensor) -> RouterScores:
         probs = F.softmax(logits, dtype=torch.float32, dim=-1)  # (T, E)
-        return RouterScores(order=probs.sort(dim=-1, descending=True).indices, weights=probs, topk_key=probs)
+        return RouterScores(weights=probs, topk_key=probs, rank_key=probs)
 
     def normalize_topk(self, router: nn.Module, k: int) -> bool:
         return bool(getattr(router, "norm_topk_prob", True))
@@ -128,17 +153,16 @@ class DeepseekV2Adapter(FamilyAdapter):
     name = "deepseek_v2"
     model_types = ("deepseek_v2",)
     topk_sorted = False
+    stock_ranked = False  # topk(sorted=False): index columns are not best first
 
     def scores(self, router: nn.Module, logits: torch.Tensor) -> RouterScores:
         probs = logits.softmax(dim=-1, dtype=torch.float32)  # (T, E)
         if router.topk_method != "group_limited_greedy":
-            return RouterScores(order=probs.sort(dim=-1, descending=True).indices, weights=probs, topk_key=probs)
+            return RouterScores(weights=probs, topk_key=probs, rank_key=probs)
         T, E = probs.shape
         group_scores = probs.view(T, router.num_group, E // router.num_group).max(dim=-1).values
         keep = _group_keep(group_scores, router.topk_group, E)
-        return RouterScores(
-            order=_order_in_groups(probs, keep), weights=probs, topk_key=probs.masked_fill(~keep, 0.0)
-        )
+        return RouterScores(weights=probs, topk_key=probs.masked_fill(~keep, 0.0), rank_key=probs, group_keep=keep)
 
     def normalize_topk(self, router: nn.Module, k: int) -> bool:
         return False  # HF DeepseekV2TopkRouter ignores config.norm_topk_prob
@@ -156,6 +180,7 @@ class DeepseekV3Adapter(FamilyAdapter):
     model_types = ("deepseek_v3",)
     norm_eps = 1e-20
     topk_sorted = False
+    stock_ranked = False  # topk(sorted=False): index columns are not best first
 
     def scores(self, router: nn.Module, logits: torch.Tensor) -> RouterScores:
         gates = logits.sigmoid()  # (T, E) fp32
@@ -164,7 +189,7 @@ class DeepseekV3Adapter(FamilyAdapter):
         group_scores = choice.view(T, router.num_group, E // router.num_group).topk(2, dim=-1).values.sum(dim=-1)
         keep = _group_keep(group_scores, router.topk_group, E)
         return RouterScores(
-            order=_order_in_groups(choice, keep), weights=gates, topk_key=choice.masked_fill(~keep, float("-inf"))
+            weights=gates, topk_key=choice.masked_fill(~keep, float("-inf")), rank_key=choice, group_keep=keep
         )
 
     def scale(self, router: nn.Module) -> float:
@@ -187,6 +212,8 @@ class DeepseekMoeAdapter(FamilyAdapter):
     router_suffixes = ("MoEGate",)
     norm_eps = 1e-20
     topk_sorted = False
+    topk_exact = False  # only checked against a stand-in gate, not the real remote code: always recompute
+    stock_ranked = False
 
     def num_experts(self, router: nn.Module) -> int:
         return int(router.n_routed_experts)
@@ -205,7 +232,7 @@ class DeepseekMoeAdapter(FamilyAdapter):
         if getattr(router, "scoring_func", "softmax") != "softmax":
             raise ValueError(f"MoEGate scoring_func {router.scoring_func!r} is not supported (only softmax)")
         probs = logits.softmax(dim=-1)  # (T, E) in the model dtype, as the remote code does
-        return RouterScores(order=probs.sort(dim=-1, descending=True).indices, weights=probs, topk_key=probs)
+        return RouterScores(weights=probs, topk_key=probs, rank_key=probs)
 
     def normalize_topk(self, router: nn.Module, k: int) -> bool:
         return k > 1 and bool(router.norm_topk_prob)

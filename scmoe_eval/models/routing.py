@@ -6,12 +6,19 @@ its (index, weight) selection. Token t of a (B, S) call belongs to row t // S. E
 computed for all tokens and picked per row with `torch.where`: vectorised, no host syncs.
 All rows share one width K (the widest policy); narrower selections are padded with a duplicate
 valid expert and weight 0, which adds exactly 0 in every experts implementation.
+
+The hook runs once per MoE layer per decode step, and on a GPU at batch 1 each extra small
+kernel there shows up in the step time. So the work that depends only on the policy list is done
+once in `set()` and once per (device, tokens per row), and the router's own (index, weights)
+stand in for a policy wherever the family adapter guarantees they are the same: `topk(own k)` is
+stock routing, and rank(r <= own k) is column r-1 of the stock index. SCMoE's strong topk(2) /
+weak rank(2) pair on Mixtral then costs two `torch.where` per layer and no score recomputation.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
@@ -82,12 +89,40 @@ class RoutingPolicy:
         }[self.kind]
 
 
-@dataclass(frozen=True)
+@dataclass
 class _State:
-    policies: tuple[RoutingPolicy, ...]  # one per batch row
-    unique: tuple[RoutingPolicy, ...]  # distinct canonical policies
+    """A per-row policy list as the hook uses it, built once by `set()`; device tensors are cached on it."""
+
+    policies: tuple[RoutingPolicy, ...]  # one per batch row, as given
+    unique: tuple[RoutingPolicy, ...]  # distinct effective policies, in order of first appearance
+    from_stock: tuple[bool, ...]  # per `unique`: served from the router's own output, no scores needed
     width: int  # K shared by all rows
     row_policy: torch.Tensor  # (B,) int64 on CPU: index into `unique`
+    _picks: dict[tuple[torch.device, int], list[torch.Tensor]] = field(default_factory=dict)
+    _units: dict[tuple[torch.device, torch.dtype], torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def stock(self) -> bool:
+        """Every row routes exactly as the stock router: the hook leaves its output untouched."""
+        return all(p.kind == "default" for p in self.unique)
+
+    def picks(self, device: torch.device, tokens_per_row: int) -> list[torch.Tensor]:
+        """(T, 1) bool per unique policy: the tokens it routes. Built on the first layer, reused by the rest."""
+        key = (device, tokens_per_row)
+        if key not in self._picks:
+            if len(self._picks) >= 8:  # prefill lengths vary between calls; decode always has 1 token per row
+                self._picks.clear()
+            rows = self.row_policy.to(device, non_blocking=True)  # (B,)
+            tokens = rows.repeat_interleave(tokens_per_row)[:, None]  # (T, 1): rows are the outer dim of T
+            self._picks[key] = [tokens == j for j in range(len(self.unique))]
+        return self._picks[key]
+
+    def unit(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(1, K) weights [1, 0, ..., 0]: a single expert at weight 1, its padding copies at 0."""
+        key = (device, dtype)
+        if key not in self._units:
+            self._units[key] = torch.tensor([[1.0] + [0.0] * (self.width - 1)], dtype=dtype, device=device)
+        return self._units[key]
 
 
 def _pad(index: torch.Tensor, weights: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +138,9 @@ def _pad(index: torch.Tensor, weights: torch.Tensor, width: int) -> tuple[torch.
 class RoutingController:
     """Forward hooks on every router module; per-batch-row policies through a side channel."""
 
-    def __init__(self, model: nn.Module, adapter: FamilyAdapter | None = None) -> None:
+    def __init__(self, model: nn.Module, adapter: FamilyAdapter | None = None, reuse_stock: bool = True) -> None:
+        """`reuse_stock=False` recomputes every non-default policy from the router logits (the
+        reference the shortcuts are tested against; results are the same, only slower)."""
         self.adapter = adapter if adapter is not None else detect_family(model)
         self.routers = self.adapter.find_routers(model)
         if not self.routers:
@@ -111,8 +148,9 @@ class RoutingController:
             raise ValueError(f"no {self.adapter.name} router modules ({suffixes}) found in the model")
         self.num_experts = self.adapter.num_experts(self.routers[0])
         self.default_k = self.adapter.default_k(self.routers[0])
+        self.reuse_stock = reuse_stock
         self._state: _State | None = None
-        self._row_policy_on: dict[torch.device, torch.Tensor] = {}
+        self._states: dict[tuple[RoutingPolicy, ...], _State] = {}  # set() repeats lists (two-pass, every step)
         self._generators: dict[tuple[RoutingPolicy, torch.device], torch.Generator] = {}
         self._handles = [r.register_forward_hook(self._hook) for r in self.routers]
         self._handles.append(model.register_forward_pre_hook(self._check_batch, with_kwargs=True))
@@ -139,29 +177,25 @@ class RoutingController:
             self._state = None
             return
         policies = tuple(policies)
-        for policy in policies:
-            self.check(policy)
-        canon = [p.canonical() for p in policies]
-        unique = tuple(dict.fromkeys(canon))
-        self._state = _State(
-            policies=policies,
-            unique=unique,
-            width=max(self._width(p) for p in unique),
-            row_policy=torch.tensor([unique.index(p) for p in canon], dtype=torch.long),
-        )
-        if torch.cuda.is_available():  # pinned, so the per-device copy below is asynchronous
-            self._state = replace(self._state, row_policy=self._state.row_policy.pin_memory())
-        self._row_policy_on = {}
+        state = self._states.get(policies)
+        if state is None:
+            for policy in policies:
+                self.check(policy)
+            state = self._build(policies)
+            if len(self._states) >= 64:  # rows dropped during decoding leave one list per batch size
+                self._states.clear()
+            self._states[policies] = state
+        self._state = state
 
     @contextmanager
     def use(self, policies: Sequence[RoutingPolicy] | None) -> Iterator["RoutingController"]:
         """`set(policies)` for the block, then restore whatever was in force before."""
-        previous, previous_rows = self._state, self._row_policy_on
+        previous = self._state
         self.set(policies)
         try:
             yield self
         finally:
-            self._state, self._row_policy_on = previous, previous_rows
+            self._state = previous
 
     def reset_random(self) -> None:
         """Restart every random policy's stream at its seed (streams otherwise continue across calls)."""
@@ -173,8 +207,37 @@ class RoutingController:
             handle.remove()
         self._handles = []
         self._state = None
+        self._states = {}
 
     # ------------------------------------------------------------------ internals
+    def _effective(self, policy: RoutingPolicy) -> RoutingPolicy:
+        """Canonical policy; topk(own k) becomes `default` where the adapter guarantees they are equal."""
+        policy = policy.canonical()
+        if self.reuse_stock and self.adapter.topk_exact and policy.kind == "topk" and policy.k == self.default_k:
+            return RoutingPolicy.default()
+        return policy
+
+    def _from_stock(self, policy: RoutingPolicy) -> bool:
+        """Whether the router's own (index, weights) give this policy without recomputing scores."""
+        if policy.kind == "default":
+            return True
+        ranked = self.reuse_stock and self.adapter.stock_ranked
+        return ranked and policy.kind == "rank" and policy.k <= self.default_k
+
+    def _build(self, policies: tuple[RoutingPolicy, ...]) -> _State:
+        effective = [self._effective(p) for p in policies]
+        unique = tuple(dict.fromkeys(effective))
+        row_policy = torch.tensor([unique.index(p) for p in effective], dtype=torch.long)
+        if torch.cuda.is_available():  # pinned, so the per-device copy in `_State.picks` is asynchronous
+            row_policy = row_policy.pin_memory()
+        return _State(
+            policies=policies,
+            unique=unique,
+            from_stock=tuple(self._from_stock(p) for p in unique),
+            width=max(self._width(p) for p in unique),
+            row_policy=row_policy,
+        )
+
     def _width(self, policy: RoutingPolicy) -> int:
         return {
             "default": self.default_k,
@@ -202,26 +265,18 @@ class RoutingController:
             self._generators[key] = torch.Generator(device=device).manual_seed(policy.seed)
         return self._generators[key]
 
-    def _token_policy(self, device: torch.device, tokens_per_row: int) -> torch.Tensor:
-        """(T, 1) index into `unique` for every token; rows are the outer dimension of T."""
-        assert self._state is not None
-        if device not in self._row_policy_on:
-            self._row_policy_on[device] = self._state.row_policy.to(device, non_blocking=True)
-        rows = self._row_policy_on[device]  # (B,)
-        return rows[:, None].expand(rows.shape[0], tokens_per_row).reshape(-1, 1)  # (T, 1), no sync
-
     def _select(
         self, router: nn.Module, policy: RoutingPolicy, scores: RouterScores
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One policy for all tokens -> (index (T, k'), weights (T, k'))."""
-        adapter, order, gates = self.adapter, scores.order, scores.weights  # (T, E), (T, E)
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One policy for all tokens -> (index (T, k'), weights (T, k')); weights None = one expert at weight 1."""
+        adapter, gates = self.adapter, scores.weights  # (T, E)
         if policy.kind == "rank":
-            index = order[:, policy.k - 1 : policy.k]  # (T, 1)
-            return index, torch.ones(index.shape, dtype=gates.dtype, device=gates.device)
+            return scores.top(policy.k)[:, policy.k - 1 : policy.k], None  # (T, 1)
         if policy.kind == "topk":  # the family's own top-k call: same experts, same slot order
             index = scores.topk_key.topk(policy.k, dim=-1, sorted=adapter.topk_sorted).indices  # (T, k)
             return index, self._finish(router, gates.gather(1, index), adapter.normalize_topk(router, policy.k))
         if policy.kind == "topp":
+            order = scores.order  # (T, E)
             sorted_gates = gates.gather(1, order)  # (T, E), best first
             mass = sorted_gates / sorted_gates.sum(dim=-1, keepdim=True)
             before = torch.cat([torch.zeros_like(mass[:, :1]), mass.cumsum(dim=-1)[:, :-1]], dim=1)  # (T, E)
@@ -232,7 +287,7 @@ class RoutingController:
         noise = torch.rand(gates.shape, generator=self._generator(policy, gates.device), device=gates.device)
         index = noise.argsort(dim=-1)[:, : policy.k]  # (T, k)
         if policy.k == 1:
-            return index, torch.ones(index.shape, dtype=gates.dtype, device=gates.device)
+            return index, None
         return index, self._finish(router, gates.gather(1, index), True)
 
     def _finish(self, router: nn.Module, weights: torch.Tensor, normalize: bool) -> torch.Tensor:
@@ -244,27 +299,33 @@ class RoutingController:
 
     def _hook(self, router: nn.Module, args: tuple, output: Any) -> Any:
         state = self._state
-        if state is None:
+        if state is None or state.stock:
             return None  # stock output untouched
         adapter = self.adapter
-        logits = adapter.router_logits(router, args, output)  # (T, E)
         stock_index, stock_weights = adapter.stock_selection(output)  # (T, k0)
-        tokens, rows = logits.shape[0], len(state.policies)
+        tokens, rows, width = stock_index.shape[0], len(state.policies), state.width
         if tokens % rows:
             raise ValueError(f"router saw {tokens} tokens, not a multiple of the {rows} policy rows")
-        scores = adapter.scores(router, logits) if any(p.kind != "default" for p in state.unique) else None
-        index = weights = token_policy = None
+        scores = None
+        if not all(state.from_stock):
+            scores = adapter.scores(router, adapter.router_logits(router, args, output))
+        index = weights = None
         for j, policy in enumerate(state.unique):
             if policy.kind == "default":
                 idx_j, w_j = stock_index, stock_weights
+            elif state.from_stock[j]:  # rank(r <= own k): column r-1 of the router's own index
+                idx_j, w_j = stock_index[:, policy.k - 1 : policy.k], None
             else:
                 idx_j, w_j = self._select(router, policy, scores)
-            idx_j, w_j = _pad(idx_j, w_j.to(stock_weights.dtype), state.width)
+            if w_j is None:  # one expert: repeat it into every slot (a view), weights [1, 0, ...]
+                idx_j, w_j = idx_j.expand(tokens, width), state.unit(stock_weights.device, stock_weights.dtype)
+            else:
+                idx_j, w_j = _pad(idx_j, w_j.to(stock_weights.dtype), width)
             if index is None:
                 index, weights = idx_j, w_j
                 continue
-            if token_policy is None:
-                token_policy = self._token_policy(logits.device, tokens // rows)
-            pick = token_policy == j  # (T, 1)
+            pick = state.picks(stock_index.device, tokens // rows)[j]  # (T, 1)
             index, weights = torch.where(pick, idx_j, index), torch.where(pick, w_j, weights)
+        index = index.expand(tokens, width).contiguous()  # no-ops unless one single-expert policy was alone
+        weights = weights.expand(tokens, width).contiguous()
         return adapter.pack(output, index, weights)
