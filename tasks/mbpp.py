@@ -45,7 +45,7 @@ def paper_mbpp_clean(completion: str) -> str:
 @TASKS.register("mbpp")
 class MBPP(CodeTask):
     name = "mbpp"
-    hub = HubSource("google-research-datasets/mbpp", "full", "test", "main")
+    hub = HubSource("google-research-datasets/mbpp", "full", "test", "4bb6404fdc6cacfda99d4ac4205087b89d32030c")
     n_items = 500
     fields = ("task_id", "text", "code", "test_list", "test_setup_code")
 

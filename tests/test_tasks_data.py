@@ -141,9 +141,9 @@ def test_hub_path_builds_the_same_items(monkeypatch, shared_data):
                                                 revision="abc"))
     assert he == get_task("human_eval").load(TaskConfig(name="human_eval"))
     assert seen == [
-        HubSource("openai/gsm8k", "main", "test", "main"),
+        HubSource("openai/gsm8k", "main", "test", "740312add88f781978c0658806c59bc2815b9866"),
         HubSource("havens2/strategyQA_train", None, "train", "8ae79f541d6d1a43ed5f46fbfae156a9d9ba793d"),
-        HubSource("google-research-datasets/mbpp", "full", "test", "main"),
+        HubSource("google-research-datasets/mbpp", "full", "test", "4bb6404fdc6cacfda99d4ac4205087b89d32030c"),
         HubSource("openai/openai_humaneval", None, "test", "abc"),
     ]
 
