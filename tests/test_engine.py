@@ -223,3 +223,18 @@ def test_generation_record_keys() -> None:
         "stop": "\n\n",
         "num_tokens": 2,
     }
+
+
+@pytest.mark.parametrize("two_pass", [False, True], ids=["batched", "two-pass"])
+def test_routing_is_set_once_per_policy_change(engine: DecodeEngine, monkeypatch, two_pass: bool) -> None:
+    """Batched SCMoE sets the controller once (at prefill), not per step; two-pass alternates every forward."""
+    ctl = engine.controller
+    calls: list = []
+    real_set = ctl.set
+    monkeypatch.setattr(ctl, "set", lambda policies: (calls.append(policies), real_set(policies))[1])
+    steps = 6
+    engine.generate(PROMPTS[:2], max_new_tokens=steps, contrast=SCMOE, ban_eos=True, two_pass=two_pass)
+    routed = [c for c in calls if c is not None]  # generate's own use(None) wrapper sets None once
+    assert len(routed) == (2 * steps if two_pass else 1), len(routed)
+    if not two_pass:
+        assert tuple(routed[0]) == (SCMOE.strong, SCMOE.weak) * 2

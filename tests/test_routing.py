@@ -240,3 +240,107 @@ def test_generate_with_per_row_policies(tiny_mixtral):
         weak = model.generate(**{k: v[1:] for k, v in enc.items()}, **kw)
     stock = model.generate(**{k: v[:1] for k, v in enc.items()}, **kw)
     assert torch.equal(both[0], stock[0]) and torch.equal(both[1], weak[0])
+
+
+# ---------------------------------------------------------------- hot-path shortcuts (reuse_stock)
+def _run_capture(model, ctl: RoutingController, policies, ids: torch.Tensor):
+    """(logits, [(index, weights) per router]) of one call under `policies`."""
+    with _capture(ctl) as seen, ctl.use(policies):
+        logits = _logits(model, ids)
+    return logits, [(out[2], out[1]) for out in seen]
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3"])
+@torch.no_grad()
+def test_stock_shortcuts_change_nothing(family, ids):
+    """The hook's shortcuts (topk(own k) -> the router's output; rank(r <= own k) -> a column of the
+    router's index) give bit-identical selections and logits to recomputing every policy from the
+    router logits, and the recomputed topk(own k) is itself bit-exact with the stock router."""
+    from scmoe_eval.models.fixtures import fixture_path
+
+    model = _load(fixture_path(family))
+    stock = _logits(model, ids)
+    k0 = model.config.num_experts_per_tok
+    mixes = ([P.topk(k0)] * 4, [P.topk(k0), P.rank(2)] * 2, [P.rank(1), P.topk(k0), P.rank(2), P.topk(1)],
+             [P.rank(2), P.rank(3), P.default(), P.topp(0.5)])
+    results = {}
+    for reuse in (True, False):
+        ctl = RoutingController(model, reuse_stock=reuse)
+        results[reuse] = [_run_capture(model, ctl, policies, ids) for policies in mixes]
+        ctl.remove()
+    assert torch.equal(results[False][0][0], stock)  # recomputed topk(own k) == stock, every family
+    for policies, (fast, fast_sel), (slow, slow_sel) in zip(mixes, results[True], results[False]):
+        assert torch.equal(fast, slow), (family, policies)
+        for (fi, fw), (si, sw) in zip(fast_sel, slow_sel, strict=True):
+            assert torch.equal(fi, si) and torch.equal(fw, sw) and fw.dtype == sw.dtype, (family, policies)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "deepseek_v2", "deepseek_v3"])
+@torch.no_grad()
+def test_recomputed_topk_exact_at_larger_own_k(family, ids):
+    """topk(own k) is exact for another own k too (the routers read `top_k` at call time)."""
+    from scmoe_eval.models.fixtures import fixture_path
+
+    model = _load(fixture_path(family))
+    ctl = RoutingController(model, reuse_stock=False)
+    for router in ctl.routers:
+        router.top_k = 4
+    stock = _logits(model, ids)
+    with ctl.use([P.topk(4)] * ids.shape[0]):
+        assert torch.equal(_logits(model, ids), stock)
+    with ctl.use([P.topk(2)] * ids.shape[0]):
+        assert not torch.equal(_logits(model, ids), stock)
+
+
+def test_router_scores_top_matches_full_order():
+    """`top(k)` (a sorted topk) and the lazily sorted full order agree, with and without expert groups."""
+    from scmoe_eval.models.families import RouterScores
+
+    key = torch.rand(50, 8, generator=torch.Generator().manual_seed(0))  # (T, E), no ties
+    keep = torch.zeros(50, 8, dtype=torch.bool)
+    keep[:, 4:] = True  # group 2 of 2 kept: its experts rank first
+    for groups in (None, keep):
+        scores = RouterScores(weights=key, topk_key=key, rank_key=key, group_keep=groups)
+        tops = [scores.top(k) for k in (1, 3, 8)]  # before `order` exists
+        order = scores.order
+        for k, top in zip((1, 3, 8), tops):
+            assert torch.equal(top, order[:, :k])
+        want = key.sort(-1, descending=True).indices
+        if groups is not None:
+            want = torch.cat([(key[:, 4:]).sort(-1, descending=True).indices + 4,
+                              key[:, :4].sort(-1, descending=True).indices], dim=1)
+        assert torch.equal(order, want)
+
+
+@torch.no_grad()
+def test_shortcut_hook_output_layout(tiny_mixtral, ids):
+    """SCMoE rows on Mixtral: strong = the router's own output, weak rank(2) = its 2nd column, padded [e, e], [1, 0]."""
+    model, ctl = tiny_mixtral.model, tiny_mixtral.controller
+    stock_seen: list = []
+    handle = ctl.routers[0].register_forward_pre_hook(lambda m, a: stock_seen.append(m.forward(*a)))
+    try:
+        with _capture(ctl) as seen, ctl.use([P.topk(2), P.rank(2)] * 2):
+            model(ids)
+    finally:
+        handle.remove()
+    _, w0, i0 = stock_seen[0]
+    _, w, i = seen[0]
+    S = ids.shape[1]
+    strong = torch.cat([torch.arange(0, S), torch.arange(2 * S, 3 * S)])
+    weak = strong + S
+    assert torch.equal(i[strong], i0[strong]) and torch.equal(w[strong], w0[strong])
+    assert torch.equal(i[weak], i0[weak][:, 1:2].expand(-1, 2))
+    assert torch.equal(w[weak], torch.tensor([[1.0, 0.0]]).expand(2 * S, 2))
+    assert i.is_contiguous() and w.is_contiguous()
+
+
+def test_set_reuses_built_states(tiny_mixtral):
+    """Setting an equal list again reuses its state (and the device masks cached on it)."""
+    ctl = tiny_mixtral.controller
+    with ctl.use([P.topk(2), P.rank(2)]):
+        first = ctl._state
+    with ctl.use([P.topk(2), P.rank(2)]):
+        assert ctl._state is first
+        assert ctl._state.unique == (P.default(), P.rank(2)) and ctl._state.from_stock == (True, True)
+    with ctl.use([P.topk(2)] * 3):
+        assert ctl._state.stock and ctl.policies == (P.topk(2),) * 3
