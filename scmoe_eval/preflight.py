@@ -160,7 +160,8 @@ def _check_amateur(cfg: ExperimentConfig, expert_config: Any) -> str:
         amateur = dataclasses.replace(amateur, path=resolve_model_path(amateur))
         amateur_config = read_model_config(amateur)
     except ConfigError as err:
-        raise ConfigError("strategy.amateur", str(err).removeprefix(f"{err.key}: ")) from None
+        why = str(err).removeprefix(f"{err.key}: ").replace(HUB_HINT, "Point strategy.amateur at a local checkpoint.")
+        raise ConfigError("strategy.amateur", why) from None
     ours, theirs = _text_config(expert_config).vocab_size, _text_config(amateur_config).vocab_size
     if ours != theirs:
         raise ConfigError(

@@ -270,3 +270,39 @@ def test_runner_generates_with_dola_and_cd_on_the_prompts_task(tmp_path: Path, a
         records = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
         assert sorted(r["id"] for r in records) == ["p0", "p1", "p2"]
         assert all(r["num_tokens"] == 4 and r["stop_reason"] == "length" for r in records)
+
+
+def _checked(tmp_path: Path, *overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from scmoe_eval.cli import CONFIG_DIR
+    from scmoe_eval.config import to_experiment
+    from scmoe_eval.preflight import check
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "p0", "prompt": "Hi"}) + "\n")
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose("config", overrides=["model=tiny-mixtral", "task=prompts", f"task.path={prompts}", *overrides])
+    return check(to_experiment(cfg))
+
+
+def test_preflight_checks_the_amateur_before_any_weights(tmp_path: Path, amateur_path: Path, monkeypatch) -> None:
+    from scmoe_eval.config import ConfigError
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("weights were loaded during the checks")
+
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", refuse)
+    assert _checked(tmp_path, "strategy=cd", f"strategy.amateur={amateur_path}").cfg.strategy.amateur == str(amateur_path)
+    with pytest.raises(ConfigError, match="no config.json") as missing:
+        _checked(tmp_path, "strategy=cd", f"strategy.amateur={tmp_path / 'nowhere'}")
+    other = tmp_path / "other-vocab"
+    other.mkdir()
+    config = json.loads((amateur_path / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 1}))
+    with pytest.raises(ConfigError, match="vocab_size") as mismatch:
+        _checked(tmp_path, "strategy=cd", f"strategy.amateur={other}")
+    with pytest.raises(ConfigError, match="must be < 4") as too_deep:
+        _checked(tmp_path, "strategy=dola", "strategy.dola_layers=[0,4]")
+    assert {e.value.key for e in (missing, mismatch)} == {"strategy.amateur"}
+    assert too_deep.value.key == "strategy.dola_layers"

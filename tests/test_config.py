@@ -109,6 +109,15 @@ def test_unknown_group_option_lists_valid_ones() -> None:
         (["run.limit=0"], "run.limit"),
         (["logger=tensorboard"], "logger"),
         (["model.dtype=float8"], "model.dtype"),
+        (["strategy=cd", "strategy.amateur=null"], "strategy.amateur"),
+        (["strategy=cd", "strategy.beta=-1"], "strategy.beta"),
+        (["strategy=dola", "strategy.dola_layers=mid"], "strategy.dola_layers"),
+        (["strategy=dola", "strategy.dola_layers=[]"], "strategy.dola_layers"),
+        (["strategy=dola", "strategy.dola_layers=[0,-2]"], "strategy.dola_layers"),
+        (["strategy=dola", "strategy.relative_top=0"], "strategy.relative_top"),
+        (["strategy=dola", "strategy.repetition_penalty=0"], "strategy.repetition_penalty"),
+        (["strategy=contrastive-search", "strategy.penalty_alpha=1.5"], "strategy.penalty_alpha"),
+        (["strategy=contrastive-search", "strategy.top_k=0"], "strategy.top_k"),
     ],
 )
 def test_bad_values_name_their_key(overrides: list[str], key: str) -> None:
@@ -132,3 +141,5 @@ def test_used_policies() -> None:
     assert set(used_policies(load("strategy=rank").strategy)) == {"strategy.routing"}
     assert set(used_policies(load("strategy=self-consistency-scmoe").strategy)) == {"strategy.strong", "strategy.weak"}
     assert set(used_policies(load("strategy=self-consistency").strategy)) == {"strategy.routing"}
+    for baseline in ("cd", "dola", "contrastive-search"):  # stock routing: no policy to check
+        assert used_policies(load(f"strategy={baseline}").strategy) == {}
