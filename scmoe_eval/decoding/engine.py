@@ -70,17 +70,17 @@ class _Stream:
     ) -> None:
         self.model = model
         self.controller = controller
-        # one per row; None = stock routing for all rows. A tuple, as the controller stores it, so the
-        # per-step check below is an identity test, not a re-set
-        self.policies = None if policies is None else tuple(policies)
+        self.policies = None if policies is None else tuple(policies)  # one per row; None = stock for all rows
         self.cache = DynamicCache(config=model.config)
         self.mask: Tensor | None = None  # (R, T) 1 = real token
         self.next_pos: Tensor | None = None  # (R, 1)
 
     def _forward(self, ids: Tensor, pos: Tensor) -> Tensor:
         current = self.controller.policies
-        if current is not self.policies and current != self.policies:  # re-set only on change (two-pass)
-            self.controller.set(self.policies)
+        if current is not self.policies:
+            if current != self.policies:  # re-set only on change (two-pass alternates, rows get dropped)
+                self.controller.set(self.policies)
+            self.policies = self.controller.policies  # the controller's equal tuple: later steps test identity only
         out = self.model(
             input_ids=ids, attention_mask=self.mask, position_ids=pos, cache=self.cache, use_cache=True, logits_to_keep=1
         )
