@@ -21,11 +21,20 @@ from scmoe_eval.store import find_runs, strategy_label
 OURS, OURS_BEST, OURS_FIXED, PAPER, DELTA = "ours", "ours (test-set best)", "ours (fixed)", "paper", "Δ"
 # Settings used when selection="fixed": the paper code's defaults (dynamic t=0.6, β=0.5) and the
 # ensemble size of the paper's latency table (top-3). Weak activation: rank-2 (Mixtral), top-1 (DeepSeek).
+# Baselines at the paper code's defaults: cs_alpha 0.6 (cs_k 5), DoLa layers 0,2,..,14 (the low half), cd_beta 0.5.
 FIXED_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
-    "mixtral": {"dynamic": {"p": 0.6}, "ensemble": {"k": 3}, "scmoe": {"beta": 0.5, "weak_k": 2}},
-    "deepseek": {"dynamic": {"p": 0.6}, "ensemble": {"k": 3}, "scmoe": {"beta": 0.5, "weak_k": 1}},
+    "mixtral": {
+        "dynamic": {"p": 0.6}, "ensemble": {"k": 3}, "scmoe": {"beta": 0.5, "weak_k": 2},
+        "contrastive_search": {"penalty_alpha": 0.6}, "dola": {"layers": "[0,16)"}, "cd": {"beta": 0.5},
+    },
+    "deepseek": {
+        "dynamic": {"p": 0.6}, "ensemble": {"k": 3}, "scmoe": {"beta": 0.5, "weak_k": 1},
+        "contrastive_search": {"penalty_alpha": 0.6}, "dola": {"layers": "[0,14)"},
+    },
 }
 _SCMOE_NAMES = ("scmoe", "scmoe-sample")
+# strategy.dola_layers bands as the paper prints them, per paper model (32 and 28 layers).
+_DOLA_BANDS = {"mixtral": {"low": "[0,16)", "high": "[16,32)"}, "deepseek": {"low": "[0,14)", "high": "[14,28)"}}
 
 
 def method_family(strategy: Mapping[str, Any]) -> str:
@@ -35,6 +44,8 @@ def method_family(strategy: Mapping[str, Any]) -> str:
     'ensemble'/'dynamic'/'rank'/'random' (paper §3.2 names); other strategies keep their name.
     """
     name = strategy.get("name", "greedy")
+    if name == "contrastive-search":
+        return "contrastive_search"  # the paper table's method key
     if name != "greedy":
         return name
     kind = (strategy.get("routing") or {}).get("kind", "default")
@@ -56,13 +67,37 @@ def _strategy_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
         "weak": {"kind": val("weak_kind", "default"), "k": val("weak_k")},
         "routing": {"kind": val("routing_kind", "default"), "k": val("routing_k"), "p": val("routing_p"),
                     "seed": val("routing_seed", 0)},
+        "penalty_alpha": val("penalty_alpha"), "cs_top_k": val("cs_top_k"), "dola_layers": val("dola_layers"),
     }
+
+
+def _baseline_label(s: Mapping[str, Any]) -> str | None:
+    """Labels that keep the hyperparameter of cd / dola / contrastive-search runs apart in one table."""
+    name = s.get("name")
+    if name == "cd":
+        label = f"cd-b{s.get('beta'):g}-a{s.get('alpha'):g}"
+    elif name == "dola":
+        layers = s.get("dola_layers", "low")
+        label = f"dola-{layers if isinstance(layers, str) else 'l' + '.'.join(map(str, layers))}"
+    elif name == "contrastive-search":
+        label = f"cs-a{s.get('penalty_alpha'):g}-k{s.get('cs_top_k', s.get('top_k'))}"
+    else:
+        return None
+    if s.get("ban_eos") is not None:
+        label += "-baneos" if s["ban_eos"] else "-eos"
+    return label
 
 
 def method_label(cfg_row: Mapping[str, Any]) -> str:
     """Readable method label ('greedy-topk3', 'scmoe-b0.5-a0.1-weak-rank2') of a config or a run row."""
     strategy = cfg_row.get("strategy")
-    return strategy_label(strategy if isinstance(strategy, Mapping) else _strategy_from_row(cfg_row))
+    strategy = strategy if isinstance(strategy, Mapping) else _strategy_from_row(cfg_row)
+    return _baseline_label(strategy) or strategy_label(strategy)
+
+
+def _dola_layers(layers: Any) -> str | tuple[int, ...]:
+    """A hashable form of strategy.dola_layers for the table row ("low", "high" or a tuple)."""
+    return layers if isinstance(layers, str) else tuple(layers)
 
 
 def _pct(x: Any) -> float:
@@ -76,7 +111,7 @@ def _row(run_dir: Path) -> dict[str, Any]:
     s, model, run = cfg.get("strategy", {}), cfg.get("model", {}), cfg.get("run", {})
     family = method_family(s)
     base = s.get("inner", "sample") if s.get("name") == "self-consistency" else s.get("name", "greedy")
-    contrastive, routed = base in _SCMOE_NAMES, base in ("greedy", "sample")
+    contrastive, routed = base in (*_SCMOE_NAMES, "cd"), base in ("greedy", "sample")
     sampled = base in ("sample", "scmoe-sample")
     routing, strong, weak = s.get("routing") or {}, s.get("strong") or {}, s.get("weak") or {}
     primary = metrics.get("primary", "accuracy")
@@ -88,16 +123,19 @@ def _row(run_dir: Path) -> dict[str, Any]:
         "model_path": model.get("path"),
         "paper_model": paper.paper_model_key(model.get("name"), model.get("path")),
         "strategy": s.get("name", "greedy"),
-        "method": strategy_label(s),
+        "method": _baseline_label(s) or strategy_label(s),
         "family": family,
         "inner": s.get("inner") if s.get("name") == "self-consistency" else None,
         "num_samples": s.get("num_samples", 1),
         "beta": s.get("beta") if contrastive else None,
         "alpha": s.get("alpha") if contrastive else None,
-        "strong_kind": strong.get("kind") if contrastive else None,
-        "strong_k": strong.get("k") if contrastive else None,
-        "weak_kind": weak.get("kind") if contrastive else None,
-        "weak_k": weak.get("k") if contrastive else None,
+        "strong_kind": strong.get("kind") if base in _SCMOE_NAMES else None,
+        "strong_k": strong.get("k") if base in _SCMOE_NAMES else None,
+        "weak_kind": weak.get("kind") if base in _SCMOE_NAMES else None,
+        "weak_k": weak.get("k") if base in _SCMOE_NAMES else None,
+        "penalty_alpha": s.get("penalty_alpha") if base == "contrastive-search" else None,
+        "cs_top_k": s.get("top_k") if base == "contrastive-search" else None,
+        "dola_layers": _dola_layers(s.get("dola_layers", "low")) if base == "dola" else None,
         "routing_kind": routing.get("kind") if routed else None,
         "routing_k": routing.get("k") if routed and routing.get("kind") != "topp" else None,
         "routing_p": routing.get("p") if routed and routing.get("kind") == "topp" else None,
@@ -213,11 +251,19 @@ def _method_pools(ours: pd.DataFrame, model: str) -> dict[str, pd.DataFrame]:
         else (scmoe["weak_kind"] == "topk") & scmoe["weak_k"].isin([1, 2, 3])
     )
     scmoe = scmoe[weak_ok]
+    cs = ours[(fam == "contrastive_search") & (ours["cs_top_k"] == 5)]  # the paper code's cs_k
+    bands = _DOLA_BANDS[model]
+    dola = ours[(fam == "dola") & ours["dola_layers"].map(lambda layers: layers in bands)]  # the paper's two bands
+    dola = dola.assign(hp=dola["dola_layers"].map(bands))
+    cd = ours[(fam == "cd") & (ours["alpha"] == 0.1)]
     return {
         "greedy": ensemble[ensemble["hp"] == pm.default_topk],
         "dynamic": ours[fam == "dynamic"].assign(hp=ours["routing_p"]),
         "ensemble": ensemble,
         "scmoe": scmoe.assign(hp=list(zip(scmoe["weak_k"], scmoe["beta"]))),
+        "contrastive_search": cs.assign(hp=cs["penalty_alpha"]),
+        "dola": dola,
+        "cd": cd.assign(hp=cd["beta"]),
     }
 
 
@@ -229,6 +275,12 @@ def _setting(method: str, hp: Any, model: str) -> str:
     if method == "scmoe":
         k, beta = hp
         return f"β={beta:g}" + (f", weak top-{k:g}" if model == "deepseek" else "")
+    if method == "contrastive_search":
+        return f"α={hp:g}"
+    if method == "cd":
+        return f"β={hp:g}"
+    if method == "dola":
+        return str(hp)
     return ""
 
 
@@ -247,8 +299,9 @@ def _fixed_hp(method: str, fixed: Mapping[str, Mapping[str, Any]]) -> Any:
     setting = fixed.get(method)
     if method == "scmoe" and setting:
         return (setting["weak_k"], setting["beta"])
-    if method in ("dynamic", "ensemble") and setting:
-        return setting["p" if method == "dynamic" else "k"]
+    keys = {"dynamic": "p", "ensemble": "k", "contrastive_search": "penalty_alpha", "dola": "layers", "cd": "beta"}
+    if method in keys and setting:
+        return setting[keys[method]]
     return None
 
 
@@ -257,7 +310,10 @@ def _paper_cell(model: str, method: str, task: str, hp: Any, selection: str) -> 
     best_source = "Tab.1" if model == "mixtral" else "Tab.4"
     grid_source = "Tab.7" if model == "mixtral" else "Tab.10"
     if selection == "fixed" and hp is not None:
-        key = {"dynamic": {"p": hp}, "ensemble": {"k": hp}}.get(method)
+        key = {
+            "dynamic": {"p": hp}, "ensemble": {"k": hp}, "contrastive_search": {"cs_alpha": hp}, "dola": {"layers": hp},
+            "cd": {"beta": hp},
+        }.get(method)
         if method == "scmoe":
             key = {"weak_k": hp[0], "beta": hp[1]}
         found = paper.results(source=grid_source, model=model, method=method, task=task, **key)
@@ -281,7 +337,8 @@ def paper_table1(
     the paper's best (Tab.1/Tab.4). selection="fixed": one setting per method (FIXED_SETTINGS, or
     `fixed`) against the paper's grid value at that same setting (Tab.7/Tab.10). Each task has a
     "<task> setting" column naming the hyperparameter (plus n=... when a run covers a subset).
-    Methods we do not implement (contrastive search, DoLa, CD) keep an empty "ours" row.
+    Baselines: contrastive search counts runs with top_k 5 (the paper code's cs_k), CD runs with
+    α=0.1, DoLa runs by band ("low" = [0,L/2), "high" = [L/2,L)); runs with an explicit layer list are left out.
     """
     if selection not in ("best", "fixed"):
         raise ValueError(f"selection must be 'best' or 'fixed', not {selection!r}")

@@ -306,3 +306,52 @@ def test_preflight_checks_the_amateur_before_any_weights(tmp_path: Path, amateur
         _checked(tmp_path, "strategy=dola", "strategy.dola_layers=[0,4]")
     assert {e.value.key for e in (missing, mismatch)} == {"strategy.amateur"}
     assert too_deep.value.key == "strategy.dola_layers"
+
+
+# --- tables ----------------------------------------------------------------------------------
+
+
+def _scored_run(root: Path, accuracy: float, **strategy) -> None:
+    """A scored GSM8K run of the paper's Mixtral as the runner leaves it (config.json + metrics.json)."""
+    from dataclasses import asdict
+
+    from scmoe_eval.config import ExperimentConfig
+    from scmoe_eval.store import RunStore
+
+    cfg = asdict(ExperimentConfig())
+    cfg["task"]["name"] = "gsm8k"
+    cfg["strategy"].update(strategy)
+    block = {"accuracy": accuracy, "n_correct": round(accuracy * 1319), "n_unparseable": 0, "ci95": [0.0, 1.0]}
+    RunStore(root, cfg).write_metrics(
+        {"task": "gsm8k", "n_items": 1319, "n_samples": 1, "primary": "accuracy", "official": block, "strict": block}
+    )
+
+
+def test_baseline_runs_fill_their_table1_rows(tmp_path: Path) -> None:
+    from scmoe_eval.tables import OURS_BEST, OURS_FIXED, PAPER, comparison_table, load_runs, paper_table1
+
+    _scored_run(tmp_path, 0.63, name="cd", amateur="mistralai/Mistral-7B-v0.1", beta=0.3)
+    _scored_run(tmp_path, 0.60, name="cd", amateur="mistralai/Mistral-7B-v0.1", beta=0.5)
+    _scored_run(tmp_path, 0.50, name="dola", dola_layers="low")
+    _scored_run(tmp_path, 0.37, name="dola", dola_layers="high")
+    _scored_run(tmp_path, 0.90, name="dola", dola_layers=[0, 2])  # an explicit list matches no paper cell
+    _scored_run(tmp_path, 0.61, name="contrastive-search", penalty_alpha=0.5, top_k=5)
+    _scored_run(tmp_path, 0.59, name="contrastive-search", penalty_alpha=0.6, top_k=5)
+    _scored_run(tmp_path, 0.99, name="contrastive-search", penalty_alpha=0.4, top_k=8)  # not the paper's cs_k
+    runs = load_runs(tmp_path)
+    assert set(runs["method"]) == {
+        "cd-b0.3-a0.1", "cd-b0.5-a0.1", "dola-low", "dola-high", "dola-l0.2", "cs-a0.5-k5", "cs-a0.6-k5", "cs-a0.4-k8"
+    }
+    assert comparison_table(runs).loc["cd-b0.3-a0.1", "gsm8k"] == 63.0
+    best = paper_table1(runs)
+    assert best.loc[("Contrastive Decoding", OURS_BEST), "GSM8K"] == 63.0
+    assert best.loc[("Contrastive Decoding", OURS_BEST), "GSM8K setting"] == "β=0.3"
+    assert best.loc[("DoLa", OURS_BEST), "GSM8K"] == 50.0 and best.loc[("DoLa", OURS_BEST), "GSM8K setting"] == "[0,16)"
+    assert best.loc[("Contrastive Search", OURS_BEST), "GSM8K"] == 61.0
+    assert best.loc[("Contrastive Search", OURS_BEST), "GSM8K setting"] == "α=0.5"
+    fixed = paper_table1(runs, selection="fixed")  # the paper code's defaults: β=0.5, low band, α=0.6
+    assert fixed.loc[("Contrastive Decoding", OURS_FIXED), "GSM8K"] == 60.0
+    assert fixed.loc[("Contrastive Decoding", PAPER), "GSM8K"] == 61.03
+    assert fixed.loc[("DoLa", OURS_FIXED), "GSM8K"] == 50.0 and fixed.loc[("DoLa", PAPER), "GSM8K"] == 49.96
+    assert fixed.loc[("Contrastive Search", OURS_FIXED), "GSM8K"] == 59.0
+    assert fixed.loc[("Contrastive Search", PAPER), "GSM8K"] == 59.74
