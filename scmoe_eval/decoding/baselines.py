@@ -56,11 +56,16 @@ def _ban(scores: Tensor, ids: Tensor | None) -> Tensor:
     return scores if ids is None else scores.index_fill(-1, ids.to(scores.device), float("-inf"))
 
 
+Hidden = list[int] | None  # hidden_states indices to return (0 = embeddings, -1 = final normed); None: none
+
+
 class _Cached:
     """One model's KV cache, attention mask and next positions over left-padded rows (stock routing).
 
     Unlike the engine's `_Stream` it returns the whole model output (hidden states for DoLa and
-    contrastive search) and can fan rows out k-fold (contrastive-search candidates).
+    contrastive search) and can fan rows out k-fold (contrastive-search candidates). Only the hidden
+    states asked for are kept (transformers 5.x `output_hidden_states=[indices]`): at a Mixtral prefill
+    all 33 would cost 33 x (R, T, 4096) activations.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -70,7 +75,7 @@ class _Cached:
         self.mask: Tensor | None = None  # (R, T) 1 = real token
         self.next_pos: Tensor | None = None  # (R, 1)
 
-    def _forward(self, ids: Tensor, pos: Tensor, hidden: bool) -> Any:
+    def _forward(self, ids: Tensor, pos: Tensor, hidden: Hidden) -> Any:
         return self.model(
             input_ids=ids,
             attention_mask=self.mask,
@@ -78,10 +83,10 @@ class _Cached:
             cache=self.cache,
             use_cache=True,
             logits_to_keep=1,
-            output_hidden_states=hidden,
+            output_hidden_states=hidden or False,
         )
 
-    def prefill(self, ids: Tensor, mask: Tensor, hidden: bool = False) -> Any:
+    def prefill(self, ids: Tensor, mask: Tensor, hidden: Hidden = None) -> Any:
         """ids, mask (R, L) left-padded -> model output for the last position (hidden states: all L)."""
         self.mask = mask.to(self.device)
         pos = (self.mask.cumsum(-1) - 1).clamp(min=0)  # (R, L): padding does not shift positions
@@ -91,7 +96,7 @@ class _Cached:
             raise RuntimeError("the model did not fill the KV cache passed as `cache=`; use transformers >= 5.24")
         return out
 
-    def step(self, tokens: Tensor, hidden: bool = False) -> Any:
+    def step(self, tokens: Tensor, hidden: Hidden = None) -> Any:
         """tokens (R,) -> model output for the fed token."""
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
         pos = self.next_pos
@@ -297,15 +302,15 @@ class _DoLaScorer:
         return _ban(repetition_penalty(scores, self.seen, self.dola.penalty), self.ban)
 
     def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
-        out = self.stream.prefill(ids, mask, hidden=True)
-        vocab = out.logits.shape[-1]
-        self.seen = torch.zeros(ids.shape[0], vocab, dtype=torch.bool, device=self.device)
-        self.seen.scatter_(1, ids.to(self.device), mask.to(self.device).bool())
+        out = self.stream.prefill(ids, mask, hidden=self.candidates)
+        ids, real = ids.to(self.device), mask.to(self.device).bool()  # (R, L)
+        self.seen = torch.zeros(ids.shape[0], out.logits.shape[-1], dtype=torch.bool, device=self.device)
+        self.seen[real.nonzero(as_tuple=True)[0], ids[real]] = True  # padding never counts as seen
         return self._score(out)
 
     def step(self, tokens: Tensor) -> Tensor:
         self.seen[torch.arange(tokens.shape[0], device=self.device), tokens.to(self.device)] = True
-        return self._score(self.stream.step(tokens, hidden=True))
+        return self._score(self.stream.step(tokens, hidden=self.candidates))
 
     def select(self, rows: Tensor) -> None:
         self.stream.select(rows)
@@ -358,7 +363,7 @@ class _ContrastiveSearchScorer:
         top_p, top_ids = probs.topk(k, dim=-1)  # (R, K)
         rows = top_ids.shape[0]
         self.stream.repeat(k)
-        out = self.stream.step(top_ids.flatten(), hidden=True)
+        out = self.stream.step(top_ids.flatten(), hidden=[-1])
         cand_hidden = out.hidden_states[-1][:, -1].to(self.device).view(rows, k, -1)  # (R, K, H)
         context_mask = self.stream.mask[::k, :-1].to(self.device)  # (R, T) without the candidate column
         penalty = degeneration_penalty(self.context, context_mask, cand_hidden)  # (R, K)
@@ -372,7 +377,7 @@ class _ContrastiveSearchScorer:
         return torch.full_like(self.logits, float("-inf")).scatter_(1, self.pending[:, None], 0.0)
 
     def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
-        out = self.stream.prefill(ids, mask, hidden=True)
+        out = self.stream.prefill(ids, mask, hidden=[-1])
         self.logits = _last_logits(out, self.device)
         self.context = out.hidden_states[-1].to(self.device)  # (R, L, H), normed like HF's contrastive search
         return self._choose()
