@@ -187,7 +187,8 @@ def _validate_baseline(s: StrategyConfig) -> None:
     elif s.name == "dola":
         layers = s.dola_layers
         if isinstance(layers, str):
-            _check(layers in DOLA_BANDS, "strategy.dola_layers", f"must be one of {DOLA_BANDS} or a list, got {layers!r}")
+            message = f"must be one of {DOLA_BANDS} or a list of layers, got {layers!r}"
+            _check(layers in DOLA_BANDS, "strategy.dola_layers", message)
         else:
             ok = isinstance(layers, (list, tuple)) and len(layers) > 0
             ok = ok and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in layers)

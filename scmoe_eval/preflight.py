@@ -176,7 +176,7 @@ def _check_dola_layers(cfg: ExperimentConfig, model_config: Any) -> None:
     num_layers = _text_config(model_config).num_hidden_layers
     if not isinstance(layers, str) and max(layers) >= num_layers:
         raise ConfigError(
-            "strategy.dola_layers", f"premature layers must be < {num_layers} (the model's layer count), got {list(layers)}"
+            "strategy.dola_layers", f"premature layers must be < {num_layers} (the model's layers), got {list(layers)}"
         )
 
 

@@ -293,7 +293,8 @@ def test_preflight_checks_the_amateur_before_any_weights(tmp_path: Path, amateur
         raise AssertionError("weights were loaded during the checks")
 
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", refuse)
-    assert _checked(tmp_path, "strategy=cd", f"strategy.amateur={amateur_path}").cfg.strategy.amateur == str(amateur_path)
+    checked = _checked(tmp_path, "strategy=cd", f"strategy.amateur={amateur_path}")
+    assert checked.cfg.strategy.amateur == str(amateur_path)
     with pytest.raises(ConfigError, match="no config.json") as missing:
         _checked(tmp_path, "strategy=cd", f"strategy.amateur={tmp_path / 'nowhere'}")
     other = tmp_path / "other-vocab"

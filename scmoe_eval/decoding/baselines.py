@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from scmoe_eval.decoding.engine import DecodeEngine
     from scmoe_eval.decoding.strategies import Strategy
 
+
 class Scorer(Protocol):
     """What the engine's decode loop drives: (N, V) next-token scores for the live rows."""
 
@@ -295,8 +296,8 @@ class _DoLaScorer:
 
     def _score(self, out: Any) -> Tensor:
         mature = _last_logits(out, self.device)  # (R, V)
-        weight = self.lm_head.weight
-        hidden = torch.stack([out.hidden_states[layer][:, -1].to(weight.device) for layer in self.candidates])  # (C, R, H)
+        head = self.lm_head.weight.device
+        hidden = torch.stack([out.hidden_states[layer][:, -1].to(head) for layer in self.candidates])  # (C, R, H)
         premature = self.lm_head(hidden).float().to(self.device)  # (C, R, V)
         scores, _ = dola_scores(mature, premature, self.dola.relative_top)
         return _ban(repetition_penalty(scores, self.seen, self.dola.penalty), self.ban)
