@@ -80,7 +80,7 @@ def _baseline_label(s: Mapping[str, Any]) -> str | None:
         layers = s.get("dola_layers", "low")
         label = f"dola-{layers if isinstance(layers, str) else 'l' + '.'.join(map(str, layers))}"
     elif name == "contrastive-search":
-        label = f"cs-a{s.get('penalty_alpha'):g}-k{s.get('cs_top_k', s.get('top_k'))}"
+        label = f"cs-a{s.get('penalty_alpha'):g}-k{s.get('cs_top_k') or s.get('top_k'):g}"
     else:
         return None
     if s.get("ban_eos") is not None:

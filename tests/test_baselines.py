@@ -329,7 +329,9 @@ def _scored_run(root: Path, accuracy: float, **strategy) -> None:
 
 
 def test_baseline_runs_fill_their_table1_rows(tmp_path: Path) -> None:
-    from scmoe_eval.tables import OURS_BEST, OURS_FIXED, PAPER, comparison_table, load_runs, paper_table1
+    from scmoe_eval.tables import (
+        OURS_BEST, OURS_FIXED, PAPER, comparison_table, load_runs, method_label, paper_table1,
+    )
 
     _scored_run(tmp_path, 0.63, name="cd", amateur="mistralai/Mistral-7B-v0.1", beta=0.3)
     _scored_run(tmp_path, 0.60, name="cd", amateur="mistralai/Mistral-7B-v0.1", beta=0.5)
@@ -344,6 +346,7 @@ def test_baseline_runs_fill_their_table1_rows(tmp_path: Path) -> None:
         "cd-b0.3-a0.1", "cd-b0.5-a0.1", "dola-low", "dola-high", "dola-l0.2", "cs-a0.5-k5", "cs-a0.6-k5", "cs-a0.4-k8"
     }
     assert comparison_table(runs).loc["cd-b0.3-a0.1", "gsm8k"] == 63.0
+    assert sorted(map(method_label, (row.to_dict() for _, row in runs.iterrows()))) == sorted(runs["method"])
     best = paper_table1(runs)
     assert best.loc[("Contrastive Decoding", OURS_BEST), "GSM8K"] == 63.0
     assert best.loc[("Contrastive Decoding", OURS_BEST), "GSM8K setting"] == "β=0.3"
