@@ -172,12 +172,13 @@ def _check_amateur(cfg: ExperimentConfig, expert_config: Any) -> str:
 
 
 def _check_dola_layers(cfg: ExperimentConfig, model_config: Any) -> None:
-    layers = cfg.strategy.dola_layers
-    num_layers = _text_config(model_config).num_hidden_layers
-    if not isinstance(layers, str) and max(layers) >= num_layers:
-        raise ConfigError(
-            "strategy.dola_layers", f"premature layers must be < {num_layers} (the model's layers), got {list(layers)}"
-        )
+    """DoLa: the premature layers (a band or a list) exist in this model."""
+    from scmoe_eval.decoding.baselines import dola_candidates
+
+    try:
+        dola_candidates(cfg.strategy.dola_layers, _text_config(model_config).num_hidden_layers)
+    except ValueError as err:
+        raise ConfigError("strategy.dola_layers", str(err).removeprefix("strategy.dola_layers: ")) from None
 
 
 def check(cfg: ExperimentConfig) -> Checked:

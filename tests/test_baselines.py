@@ -132,6 +132,8 @@ def test_dola_candidate_layers_follow_the_paper() -> None:
     assert dola_candidates([3, 1], 4) == [3, 1]
     with pytest.raises(ValueError, match="strategy.dola_layers"):
         dola_candidates([4], 4)
+    with pytest.raises(ValueError, match="no even layer in the 'high' half"):
+        dola_candidates("high", 2)
 
 
 def test_js_divergence_against_the_textbook_formula() -> None:
@@ -303,7 +305,7 @@ def test_preflight_checks_the_amateur_before_any_weights(tmp_path: Path, amateur
     (other / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 1}))
     with pytest.raises(ConfigError, match="vocab_size") as mismatch:
         _checked(tmp_path, "strategy=cd", f"strategy.amateur={other}")
-    with pytest.raises(ConfigError, match="must be < 4") as too_deep:
+    with pytest.raises(ConfigError, match=r"must lie in \[0, 4\)") as too_deep:
         _checked(tmp_path, "strategy=dola", "strategy.dola_layers=[0,4]")
     assert {e.value.key for e in (missing, mismatch)} == {"strategy.amateur"}
     assert too_deep.value.key == "strategy.dola_layers"

@@ -221,12 +221,13 @@ def dola_candidates(layers: str | Sequence[int], num_layers: int) -> list[int]:
     picks it and leaving it out changes nothing.
     """
     half = num_layers // 2
-    if layers == "low":
-        return list(range(0, half, 2))
-    if layers == "high":
-        return list(range(half + half % 2, num_layers, 2))
     if isinstance(layers, str):
-        raise ValueError(f"strategy.dola_layers: must be one of {DOLA_BANDS} or a list of layers, got {layers!r}")
+        bands = {"low": range(0, half, 2), "high": range(half + half % 2, num_layers, 2)}
+        if layers not in bands:
+            raise ValueError(f"strategy.dola_layers: must be one of {DOLA_BANDS} or a list of layers, got {layers!r}")
+        if not bands[layers]:
+            raise ValueError(f"strategy.dola_layers: a {num_layers}-layer model has no even layer in the {layers!r} half")
+        return list(bands[layers])
     out = [int(layer) for layer in layers]
     bad = [layer for layer in out if not 0 <= layer < num_layers]
     if not out or bad:
