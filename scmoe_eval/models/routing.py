@@ -317,10 +317,11 @@ class RoutingController:
                 idx_j, w_j = stock_index[:, policy.k - 1 : policy.k], None
             else:
                 idx_j, w_j = self._select(router, policy, scores)
+                w_j = None if w_j is None else w_j.to(stock_weights.dtype)
             if w_j is None:  # one expert: repeat it into every slot (a view), weights [1, 0, ...]
                 idx_j, w_j = idx_j.expand(tokens, width), state.unit(stock_weights.device, stock_weights.dtype)
             else:
-                idx_j, w_j = _pad(idx_j, w_j.to(stock_weights.dtype), width)
+                idx_j, w_j = _pad(idx_j, w_j, width)
             if index is None:
                 index, weights = idx_j, w_j
                 continue
