@@ -110,7 +110,14 @@ def _sampling_label(s: dict) -> str:
 def _single_label(name: str, s: dict) -> str:
     """Label of one non-self-consistency strategy `name` with the fields of strategy dict `s`."""
     parts = [name]
-    if name in ("scmoe", "scmoe-sample"):
+    if name == "cd":
+        parts = [f"cd-b{_num(s.get('beta'))}-a{_num(s.get('alpha'))}"]
+    elif name == "dola":
+        layers = s.get("dola_layers", "low")
+        parts = ["dola-" + (layers if isinstance(layers, str) else "l" + ".".join(map(str, layers)))]
+    elif name == "contrastive-search":
+        parts = [f"cs-a{_num(s.get('penalty_alpha'))}-k{_num(s.get('top_k'))}"]
+    elif name in ("scmoe", "scmoe-sample"):
         parts += [f"b{_num(s.get('beta'))}", f"a{_num(s.get('alpha'))}"]
         strong = s.get("strong") or {}
         if (strong.get("kind"), strong.get("k")) != ("topk", 2):

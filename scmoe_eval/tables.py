@@ -62,37 +62,21 @@ def _strategy_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "name": val("strategy", "greedy"), "inner": val("inner", "sample"), "num_samples": val("num_samples", 1),
         "beta": val("beta"), "alpha": val("alpha"), "temperature": val("temperature", 1.0),
-        "top_p": val("top_p", 1.0), "top_k": val("top_k", 0), "ban_eos": val("ban_eos"),
+        "top_p": val("top_p", 1.0), "ban_eos": val("ban_eos"),
+        "top_k": val("cs_top_k") if val("strategy") == "contrastive-search" else val("top_k", 0),
         "strong": {"kind": val("strong_kind", "default"), "k": val("strong_k")},
         "weak": {"kind": val("weak_kind", "default"), "k": val("weak_k")},
         "routing": {"kind": val("routing_kind", "default"), "k": val("routing_k"), "p": val("routing_p"),
                     "seed": val("routing_seed", 0)},
-        "penalty_alpha": val("penalty_alpha"), "cs_top_k": val("cs_top_k"), "dola_layers": val("dola_layers"),
+        "penalty_alpha": val("penalty_alpha"), "dola_layers": val("dola_layers"),
     }
-
-
-def _baseline_label(s: Mapping[str, Any]) -> str | None:
-    """Labels that keep the hyperparameter of cd / dola / contrastive-search runs apart in one table."""
-    name = s.get("name")
-    if name == "cd":
-        label = f"cd-b{s.get('beta'):g}-a{s.get('alpha'):g}"
-    elif name == "dola":
-        layers = s.get("dola_layers", "low")
-        label = f"dola-{layers if isinstance(layers, str) else 'l' + '.'.join(map(str, layers))}"
-    elif name == "contrastive-search":
-        label = f"cs-a{s.get('penalty_alpha'):g}-k{s.get('cs_top_k') or s.get('top_k'):g}"
-    else:
-        return None
-    if s.get("ban_eos") is not None:
-        label += "-baneos" if s["ban_eos"] else "-eos"
-    return label
 
 
 def method_label(cfg_row: Mapping[str, Any]) -> str:
     """Readable method label ('greedy-topk3', 'scmoe-b0.5-a0.1-weak-rank2') of a config or a run row."""
     strategy = cfg_row.get("strategy")
     strategy = strategy if isinstance(strategy, Mapping) else _strategy_from_row(cfg_row)
-    return _baseline_label(strategy) or strategy_label(strategy)
+    return strategy_label(strategy)
 
 
 def _dola_layers(layers: Any) -> str | tuple[int, ...]:
@@ -123,7 +107,7 @@ def _row(run_dir: Path) -> dict[str, Any]:
         "model_path": model.get("path"),
         "paper_model": paper.paper_model_key(model.get("name"), model.get("path")),
         "strategy": s.get("name", "greedy"),
-        "method": _baseline_label(s) or strategy_label(s),
+        "method": strategy_label(s),
         "family": family,
         "inner": s.get("inner") if s.get("name") == "self-consistency" else None,
         "num_samples": s.get("num_samples", 1),

@@ -136,14 +136,16 @@ def test_dola_candidate_layers_follow_the_paper() -> None:
         dola_candidates("high", 2)
 
 
-def test_js_divergence_against_the_textbook_formula() -> None:
+def test_dola_divergence_is_the_paper_codes_reversed_form() -> None:
     g = torch.Generator().manual_seed(0)
     p, q = torch.rand(3, 7, generator=g).softmax(-1).double(), torch.rand(3, 7, generator=g).softmax(-1).double()
     m = (p + q) / 2
-    expected = 0.5 * (p * (p / m).log()).sum(-1) + 0.5 * (q * (q / m).log()).sum(-1)
+    expected = 0.5 * (m * (m / p).log()).mean(-1) + 0.5 * (m * (m / q).log()).mean(-1)  # KL(M||p), KL(M||q)
     torch.testing.assert_close(js_divergence(p.log(), q.log()), expected)
-    zero = torch.tensor([[1.0, 0.0]]).log()  # 0 * log 0 counts as 0, not nan
-    assert torch.isfinite(js_divergence(zero, torch.tensor([[0.5, 0.5]]).log())).all()
+    textbook = 0.5 * (p * (p / m).log()).sum(-1) + 0.5 * (q * (q / m).log()).sum(-1)
+    assert not torch.allclose(js_divergence(p.log(), q.log()), textbook)
+    zero = torch.tensor([[1.0, 0.0]]).log()  # an exact 0 in p: KL(M || p) is +inf, as F.kl_div gives, never nan
+    assert js_divergence(zero, torch.tensor([[0.5, 0.5]]).log()).item() == math.inf
 
 
 def _dola_pick(engine: DecodeEngine, layers: list[int], relative_top: float, penalty: float):
@@ -156,7 +158,7 @@ def _dola_pick(engine: DecodeEngine, layers: list[int], relative_top: float, pen
         for layer in layers:  # premature logits: lm_head on the raw hidden state (no final norm)
             q = model.lm_head(out.hidden_states[layer][0, -1]).double().softmax(-1)
             m = (mature + q) / 2
-            js = 0.5 * float((mature * (mature / m).log()).nansum() + (q * (q / m).log()).nansum())
+            js = 0.5 * float((m * (m / mature).log()).nanmean() + (m * (m / q).log()).nanmean())  # paper code's form
             if js > best_js:
                 best, best_js = q, js
         score = mature.log() - best.log()

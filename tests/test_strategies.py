@@ -14,8 +14,10 @@ PROMPTS = ["Question: Olivia has $23. How much money does she have left?\nAnswer
 
 
 def test_registry_names_and_unknown_name() -> None:
-    assert STRATEGIES.names() == ["greedy", "sample", "scmoe", "scmoe-sample", "self-consistency"]
-    with pytest.raises(KeyError, match="valid: greedy"):
+    assert STRATEGIES.names() == [
+        "cd", "contrastive-search", "dola", "greedy", "sample", "scmoe", "scmoe-sample", "self-consistency"
+    ]
+    with pytest.raises(KeyError, match="valid: cd"):
         build_strategy(StrategyConfig(name="beam"))
 
 

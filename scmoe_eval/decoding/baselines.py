@@ -236,14 +236,20 @@ def dola_candidates(layers: str | Sequence[int], num_layers: int) -> list[int]:
 
 
 def js_divergence(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """Jensen-Shannon divergence along the last dim from log-probabilities: (..., V) -> (...)."""
+    """The DoLa layer-selection divergence as the paper's code computes it: (..., V) -> (...).
+
+    0.5 * (KL(M || p) + KL(M || q)) with M = (p + q) / 2, each KL averaged over the vocabulary
+    (`F.kl_div(log p, M).mean(-1)`). Textbook JS is KL(p || M) + KL(q || M); the paper's DoLa baseline
+    uses this reversed form, and it can pick a different premature layer, so we follow the code.
+    """
     p, q = log_p.exp(), log_q.exp()
-    log_m = (0.5 * (p + q)).log()
+    m = 0.5 * (p + q)
+    log_m = m.log()
 
-    def kl(prob: Tensor, log_prob: Tensor) -> Tensor:  # KL(prob || m), 0 * log 0 = 0
-        return torch.where(prob > 0, prob * (log_prob - log_m), 0.0).sum(-1)
+    def kl_from_m(log_prob: Tensor) -> Tensor:  # KL(M || prob) per token, averaged over V; 0 * log 0 = 0
+        return torch.where(m > 0, m * (log_m - log_prob), 0.0).mean(-1)
 
-    return 0.5 * (kl(p, log_p) + kl(q, log_q))
+    return 0.5 * (kl_from_m(log_p) + kl_from_m(log_q))
 
 
 def dola_scores(mature: Tensor, premature: Tensor, relative_top: float) -> tuple[Tensor, Tensor]:
