@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml requirements/lock.txt
 install: $(VENV)/.installed
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 # ---- runs (scmoe-eval); see docs/usage.md ------------------------------------------------
 SCMOE := $(VENV)/bin/scmoe-eval
