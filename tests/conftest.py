@@ -37,3 +37,14 @@ def tiny_mixtral(tiny_mixtral_path: Path):
     from scmoe_eval.models.loading import load_model
 
     return load_model(ModelConfig(name="tiny-mixtral", path=str(tiny_mixtral_path), dtype="float32", device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Bit-exactness tests compare GEMMs: pin torch to one intra-op thread for the module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

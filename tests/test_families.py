@@ -26,12 +26,7 @@ NORMALISES = {"mixtral": True, "qwen2_moe": False, "qwen3_moe": True, "olmoe": F
               "deepseek_v3": True}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,7 @@ from scmoe_eval.models.routing import RoutingController, RoutingPolicy as P
 IMPLS = ("eager", "grouped_mm", "batched_mm")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
