@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AutoModelForCausalLM, DynamicCache
+from transformers import AutoModelForCausalLM
 
 from scmoe_eval.config import DOLA_BANDS
-from scmoe_eval.decoding.scmoe import scmoe_logits
+from scmoe_eval.decoding.engine import Stream, TwoStreamScorer, ban_tokens
 
 if TYPE_CHECKING:
     from scmoe_eval.config import ModelConfig
@@ -53,75 +53,6 @@ class Baseline(Protocol):
         ...
 
 
-def _ban(scores: Tensor, ids: Tensor | None) -> Tensor:
-    return scores if ids is None else scores.index_fill(-1, ids.to(scores.device), float("-inf"))
-
-
-Hidden = list[int] | None  # hidden_states indices to return (0 = embeddings, -1 = final normed); None: none
-
-
-class _Cached:
-    """One model's KV cache, attention mask and next positions over left-padded rows (stock routing).
-
-    Unlike the engine's `_Stream` it returns the whole model output (hidden states for DoLa and
-    contrastive search) and can fan rows out k-fold (contrastive-search candidates). Only the hidden
-    states asked for are kept (transformers 5.x `output_hidden_states=[indices]`): at a Mixtral prefill
-    all 33 would cost 33 x (R, T, 4096) activations.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.device = model.get_input_embeddings().weight.device  # an amateur may sit on another GPU
-        self.cache = DynamicCache(config=model.config)
-        self.mask: Tensor | None = None  # (R, T) 1 = real token
-        self.next_pos: Tensor | None = None  # (R, 1)
-
-    def _forward(self, ids: Tensor, pos: Tensor, hidden: Hidden) -> Any:
-        return self.model(
-            input_ids=ids,
-            attention_mask=self.mask,
-            position_ids=pos,
-            cache=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-            output_hidden_states=hidden or False,
-        )
-
-    def prefill(self, ids: Tensor, mask: Tensor, hidden: Hidden = None) -> Any:
-        """ids, mask (R, L) left-padded -> model output for the last position (hidden states: all L)."""
-        self.mask = mask.to(self.device)
-        pos = (self.mask.cumsum(-1) - 1).clamp(min=0)  # (R, L): padding does not shift positions
-        self.next_pos = pos[:, -1:] + 1
-        out = self._forward(ids.to(self.device), pos, hidden)
-        if self.cache.get_seq_length() == 0:  # an older transformers swallows `cache=` silently
-            raise RuntimeError("the model did not fill the KV cache passed as `cache=`; use transformers >= 5.24")
-        return out
-
-    def step(self, tokens: Tensor, hidden: Hidden = None) -> Any:
-        """tokens (R,) -> model output for the fed token."""
-        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
-        pos = self.next_pos
-        self.next_pos = pos + 1
-        return self._forward(tokens[:, None].to(self.device), pos, hidden)
-
-    def select(self, rows: Tensor) -> None:
-        """Keep only `rows` (indices into the current rows, repeats allowed) in the batch and the cache."""
-        rows = rows.to(self.device)
-        self.cache.batch_select_indices(rows)
-        self.mask = self.mask[rows]
-        self.next_pos = self.next_pos[rows]
-
-    def repeat(self, k: int) -> None:
-        """Row r becomes rows r*k .. r*k+k-1 (same cache, mask and positions)."""
-        self.cache.batch_repeat_interleave(k)
-        self.mask = self.mask.repeat_interleave(k, 0)
-        self.next_pos = self.next_pos.repeat_interleave(k, 0)
-
-
-def _last_logits(out: Any, device: torch.device) -> Tensor:
-    return out.logits[:, -1].float().to(device)  # (R, V)
-
-
 # --- contrastive decoding --------------------------------------------------------------------
 
 
@@ -140,36 +71,15 @@ class ContrastiveDecoding:
     def scorer(self, engine: "DecodeEngine", n: int, ban: Tensor | None) -> Scorer:
         if self.amateur is None:
             raise ValueError("strategy.amateur: the cd strategy needs its amateur model attached (attach_amateur)")
-        return _CDScorer(engine.model, self.amateur, self, engine.device, ban)
+        expert_vocab, amateur_vocab = engine.model.config.vocab_size, self.amateur.config.vocab_size
+        if expert_vocab != amateur_vocab:
+            raise ValueError(f"strategy.amateur: vocabulary {amateur_vocab} differs from the expert's {expert_vocab}")
+        expert = Stream(engine.model, engine.controller)  # stock routing (the controller is reset for the call)
+        amateur = Stream(self.amateur, out_device=engine.device)  # a dense model: no routing hooks
+        return TwoStreamScorer(expert, amateur, self.alpha, self.beta, ban)
 
     def rows_per_prompt(self) -> int:
         return 1
-
-
-class _CDScorer:
-    """Expert and amateur each keep their own KV cache; both see the same chosen tokens."""
-
-    def __init__(
-        self, expert: nn.Module, amateur: nn.Module, cd: ContrastiveDecoding, device: torch.device, ban: Tensor | None
-    ) -> None:
-        self.expert, self.amateur = _Cached(expert), _Cached(amateur)
-        self.cd, self.device, self.ban = cd, device, ban
-
-    def _score(self, out_e: Any, out_a: Any) -> Tensor:
-        z_e, z_a = _last_logits(out_e, self.device), _last_logits(out_a, self.device)  # (R, V) each
-        if z_e.shape != z_a.shape:
-            raise ValueError(f"strategy.amateur: vocabulary {z_a.shape[-1]} differs from the expert's {z_e.shape[-1]}")
-        return _ban(scmoe_logits(z_e, z_a, self.cd.alpha, self.cd.beta), self.ban)
-
-    def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
-        return self._score(self.expert.prefill(ids, mask), self.amateur.prefill(ids, mask))
-
-    def step(self, tokens: Tensor) -> Tensor:
-        return self._score(self.expert.step(tokens), self.amateur.step(tokens))
-
-    def select(self, rows: Tensor) -> None:
-        self.expert.select(rows)
-        self.amateur.select(rows)
 
 
 def attach_amateur(strategy: "Strategy", amateur: nn.Module) -> "Strategy":
@@ -281,7 +191,7 @@ class DoLa:
     penalty: float = 1.2
 
     def scorer(self, engine: "DecodeEngine", n: int, ban: Tensor | None) -> Scorer:
-        return _DoLaScorer(engine.model, self, engine.device, ban)
+        return _DoLaScorer(Stream(engine.model, engine.controller), self, engine.device, ban)
 
     def rows_per_prompt(self) -> int:
         return 1
@@ -294,20 +204,21 @@ class _DoLaScorer:
     RepetitionPenaltyLogitsProcessor on input_ids, which the paper's code used), padding excluded.
     """
 
-    def __init__(self, model: nn.Module, dola: DoLa, device: torch.device, ban: Tensor | None) -> None:
-        self.stream = _Cached(model)
+    def __init__(self, stream: Stream, dola: DoLa, device: torch.device, ban: Tensor | None) -> None:
+        self.stream = stream
+        model = stream.model
         self.lm_head = model.get_output_embeddings()
         self.candidates = dola_candidates(dola.layers, model.config.get_text_config().num_hidden_layers)
         self.dola, self.device, self.ban = dola, device, ban
         self.seen: Tensor | None = None  # (R, V) bool: token occurs in the row's prompt or output
 
     def _score(self, out: Any) -> Tensor:
-        mature = _last_logits(out, self.device)  # (R, V)
+        mature = self.stream.logits(out)  # (R, V)
         head = self.lm_head.weight.device
         hidden = torch.stack([out.hidden_states[layer][:, -1].to(head) for layer in self.candidates])  # (C, R, H)
         premature = self.lm_head(hidden).float().to(self.device)  # (C, R, V)
         scores, _ = dola_scores(mature, premature, self.dola.relative_top)
-        return _ban(repetition_penalty(scores, self.seen, self.dola.penalty), self.ban)
+        return ban_tokens(repetition_penalty(scores, self.seen, self.dola.penalty), self.ban)
 
     def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
         out = self.stream.prefill(ids, mask, hidden=self.candidates)
@@ -346,7 +257,7 @@ class ContrastiveSearch:
     top_k: int = 5
 
     def scorer(self, engine: "DecodeEngine", n: int, ban: Tensor | None) -> Scorer:
-        return _ContrastiveSearchScorer(engine.model, self, engine.device, ban)
+        return _ContrastiveSearchScorer(Stream(engine.model, engine.controller), self, engine.device, ban)
 
     def rows_per_prompt(self) -> int:
         return self.top_k
@@ -358,8 +269,8 @@ class _ContrastiveSearchScorer:
     The returned scores are 0 at the chosen token and -inf elsewhere (the loop's argmax takes it).
     """
 
-    def __init__(self, model: nn.Module, cs: ContrastiveSearch, device: torch.device, ban: Tensor | None) -> None:
-        self.stream = _Cached(model)
+    def __init__(self, stream: Stream, cs: ContrastiveSearch, device: torch.device, ban: Tensor | None) -> None:
+        self.stream = stream
         self.cs, self.device, self.ban = cs, device, ban
         self.logits: Tensor | None = None  # (R, V) next-token logits of the current sequence
         self.context: Tensor | None = None  # (R, T, H) last-layer hidden state of every position so far
@@ -367,7 +278,7 @@ class _ContrastiveSearchScorer:
 
     def _choose(self) -> Tensor:
         k = self.cs.top_k
-        probs = _ban(self.logits, self.ban).softmax(dim=-1)  # (R, V)
+        probs = ban_tokens(self.logits, self.ban).softmax(dim=-1)  # (R, V)
         top_p, top_ids = probs.topk(k, dim=-1)  # (R, K)
         rows = top_ids.shape[0]
         self.stream.repeat(k)
@@ -379,14 +290,14 @@ class _ContrastiveSearchScorer:
         best = ((1.0 - alpha) * top_p - alpha * penalty).argmax(dim=-1)  # (R,)
         keep = torch.arange(rows, device=self.device) * k + best  # (R,) rows of the fanned-out batch
         self.stream.select(keep)
-        self.logits = _last_logits(out, self.device)[keep]
+        self.logits = self.stream.logits(out)[keep]
         self.context = torch.cat([self.context, cand_hidden[torch.arange(rows, device=self.device), best][:, None]], 1)
         self.pending = top_ids.gather(1, best[:, None]).squeeze(1)  # (R,)
         return torch.full_like(self.logits, float("-inf")).scatter_(1, self.pending[:, None], 0.0)
 
     def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
         out = self.stream.prefill(ids, mask, hidden=[-1])
-        self.logits = _last_logits(out, self.device)
+        self.logits = self.stream.logits(out)
         self.context = out.hidden_states[-1].to(self.device)  # (R, L, H), normed like HF's contrastive search
         return self._choose()
 

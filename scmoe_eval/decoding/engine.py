@@ -5,7 +5,7 @@ next-token scores:
 - `_PlainScorer`: one forward per step, every row under one routing policy (None = stock).
 - `_PairedScorer` (SCMoE, batched): prompt i occupies rows (2i, 2i+1) = (strong, weak) of ONE forward
   and ONE KV cache, so the weak prefill runs under weak routing too, as in the paper's code.
-- `_TwoPassScorer` (SCMoE, two-pass): a strong and a weak forward per step, each with its own cache.
+- `TwoStreamScorer` (SCMoE two-pass, also contrastive decoding): two forwards per step, each with its own cache.
 Batched is the default: on CPU and on an H200 it was faster than, or level with, two-pass at every
 size measured (results/bench/). Rows that finish are dropped from the batch and the cache.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -62,71 +62,109 @@ class Contrast:
     beta: float = 0.5
 
 
-class _Stream:
-    """One KV cache with its attention mask and next positions, for rows under fixed routing policies."""
+Hidden = Optional[list[int]]  # hidden_states indices a forward returns (0 = embeddings, -1 = final normed)
+
+
+class Stream:
+    """One model's KV cache, attention mask and next positions over left-padded rows.
+
+    Rows run under fixed routing policies (one per row; None = stock) set on `controller` before
+    each forward; a model without routing hooks (a CD amateur) passes `controller=None`. prefill and
+    step return the whole model output (hidden states only for the `hidden` indices asked for);
+    `logits(out)` gives the last position's float32 logits on `out_device` (default: the model's).
+    """
 
     def __init__(
-        self, model: torch.nn.Module, controller: "RoutingController", policies: list["RoutingPolicy"] | None
+        self,
+        model: torch.nn.Module,
+        controller: "RoutingController | None" = None,
+        policies: Sequence["RoutingPolicy"] | None = None,
+        out_device: torch.device | None = None,
     ) -> None:
         self.model = model
         self.controller = controller
         self.policies = None if policies is None else tuple(policies)  # one per row; None = stock for all rows
+        self.device = model.get_input_embeddings().weight.device
+        self.out_device = out_device if out_device is not None else self.device
         self.cache = DynamicCache(config=model.config)
         self.mask: Tensor | None = None  # (R, T) 1 = real token
         self.next_pos: Tensor | None = None  # (R, 1)
 
-    def _forward(self, ids: Tensor, pos: Tensor) -> Tensor:
+    def _route(self) -> None:
+        if self.controller is None:
+            return
         current = self.controller.policies
         if current is not self.policies:
             if current != self.policies:  # re-set only on change (two-pass alternates, rows get dropped)
                 self.controller.set(self.policies)
             self.policies = self.controller.policies  # the controller's equal tuple: later steps test identity only
-        out = self.model(
-            input_ids=ids, attention_mask=self.mask, position_ids=pos, cache=self.cache, use_cache=True, logits_to_keep=1
-        )
-        return out.logits[:, -1].float().to(self.mask.device)  # (R, V); lm_head may sit on another GPU
 
-    def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
-        """ids, mask (R, L) left-padded -> last-position logits (R, V)."""
-        self.mask = mask
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (R, L): padding does not shift positions
+    def _forward(self, ids: Tensor, pos: Tensor, hidden: Hidden) -> Any:
+        self._route()
+        return self.model(
+            input_ids=ids,
+            attention_mask=self.mask,
+            position_ids=pos,
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+            output_hidden_states=hidden or False,  # a list keeps only those layers (transformers 5.x)
+        )
+
+    def prefill(self, ids: Tensor, mask: Tensor, hidden: Hidden = None) -> Any:
+        """ids, mask (R, L) left-padded -> model output (last-position logits; hidden states for all L)."""
+        self.mask = mask.to(self.device)
+        pos = (self.mask.cumsum(-1) - 1).clamp(min=0)  # (R, L): padding does not shift positions
         self.next_pos = pos[:, -1:] + 1
-        logits = self._forward(ids, pos)
+        out = self._forward(ids.to(self.device), pos, hidden)
         if self.cache.get_seq_length() == 0:  # an older transformers swallows `cache=` silently
             raise RuntimeError("the model did not fill the KV cache passed as `cache=`; use transformers >= 5.24")
-        return logits
+        return out
 
-    def step(self, tokens: Tensor) -> Tensor:
-        """tokens (R,) -> logits (R, V)."""
+    def step(self, tokens: Tensor, hidden: Hidden = None) -> Any:
+        """tokens (R,) -> model output for the fed token."""
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
         pos = self.next_pos
         self.next_pos = pos + 1
-        return self._forward(tokens[:, None], pos)
+        return self._forward(tokens[:, None].to(self.device), pos, hidden)
+
+    def logits(self, out: Any) -> Tensor:
+        return out.logits[:, -1].float().to(self.out_device)  # (R, V); lm_head may sit on another GPU
 
     def select(self, rows: Tensor) -> None:
-        """Keep only `rows` (indices into the current rows) in the batch and the cache."""
+        """Keep only `rows` (indices into the current rows, repeats allowed) in the batch and the cache."""
+        rows = rows.to(self.device)
         self.cache.batch_select_indices(rows)
         self.mask = self.mask[rows]
         self.next_pos = self.next_pos[rows]
         if self.policies is not None:
             self.policies = tuple(self.policies[r] for r in rows.tolist())
 
+    def repeat(self, k: int) -> None:
+        """Row r becomes rows r*k .. r*k+k-1 (same cache, mask and positions)."""
+        self.cache.batch_repeat_interleave(k)
+        self.mask = self.mask.repeat_interleave(k, 0)
+        self.next_pos = self.next_pos.repeat_interleave(k, 0)
+        if self.policies is not None:
+            self.policies = tuple(p for p in self.policies for _ in range(k))
 
-def _ban(logits: Tensor, ids: Tensor | None) -> Tensor:
-    return logits if ids is None else logits.index_fill(-1, ids, float("-inf"))
+
+def ban_tokens(scores: Tensor, ids: Tensor | None) -> Tensor:
+    """scores (R, V) with the `ids` columns set to -inf (the EOS ban); None bans nothing."""
+    return scores if ids is None else scores.index_fill(-1, ids.to(scores.device), float("-inf"))
 
 
 class _PlainScorer:
     def __init__(self, model, controller, n: int, policy: Policy, ban: Tensor | None) -> None:
         stock = policy is None or policy.kind == "default"
-        self.stream = _Stream(model, controller, None if stock else [policy] * n)
+        self.stream = Stream(model, controller, None if stock else [policy] * n)
         self.ban = ban
 
     def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
-        return _ban(self.stream.prefill(ids, mask), self.ban)
+        return ban_tokens(self.stream.logits(self.stream.prefill(ids, mask)), self.ban)
 
     def step(self, tokens: Tensor) -> Tensor:
-        return _ban(self.stream.step(tokens), self.ban)
+        return ban_tokens(self.stream.logits(self.stream.step(tokens)), self.ban)
 
     def select(self, rows: Tensor) -> None:
         self.stream.select(rows)
@@ -136,35 +174,37 @@ class _PairedScorer:
     """SCMoE in one forward: rows (2i, 2i+1) = (strong_i, weak_i), the same token fed to both."""
 
     def __init__(self, model, controller, n: int, contrast: Contrast, ban: Tensor | None) -> None:
-        self.stream = _Stream(model, controller, [contrast.strong, contrast.weak] * n)
+        self.stream = Stream(model, controller, [contrast.strong, contrast.weak] * n)
         self.contrast = contrast
         self.ban = ban
 
     def _score(self, logits: Tensor) -> Tensor:  # (2N, V) -> (N, V)
         c = self.contrast
-        return _ban(scmoe_logits(logits[0::2], logits[1::2], c.alpha, c.beta), self.ban)  # ban after the mask, as the paper's code
+        return ban_tokens(scmoe_logits(logits[0::2], logits[1::2], c.alpha, c.beta), self.ban)  # ban after the mask, as the paper's code
 
     def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
-        return self._score(self.stream.prefill(ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0)))
+        out = self.stream.prefill(ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0))
+        return self._score(self.stream.logits(out))
 
     def step(self, tokens: Tensor) -> Tensor:
-        return self._score(self.stream.step(tokens[:, None].expand(-1, 2).reshape(-1)))  # (2N,): t0 t0 t1 t1 ...
+        return self._score(self.stream.logits(self.stream.step(tokens[:, None].expand(-1, 2).reshape(-1))))  # t0 t0 t1 t1
 
     def select(self, rows: Tensor) -> None:
         self.stream.select(torch.stack([2 * rows, 2 * rows + 1], dim=1).flatten())
 
 
-class _TwoPassScorer:
-    """SCMoE as two forwards per step, each with its own cache (the paper code's layout)."""
+class TwoStreamScorer:
+    """Contrast of two streams fed the same tokens, each with its own cache: SCMoE two-pass (strong
+    and weak routing of one model, the paper code's layout) and contrastive decoding (expert, amateur).
+    Scores are float32 on the strong stream's `out_device`."""
 
-    def __init__(self, model, controller, n: int, contrast: Contrast, ban: Tensor | None) -> None:
-        self.strong = _Stream(model, controller, [contrast.strong] * n)
-        self.weak = _Stream(model, controller, [contrast.weak] * n)
-        self.contrast = contrast
-        self.ban = ban
+    def __init__(self, strong: Stream, weak: Stream, alpha: float, beta: float, ban: Tensor | None) -> None:
+        self.strong, self.weak = strong, weak
+        self.alpha, self.beta, self.ban = alpha, beta, ban
 
-    def _score(self, zs: Tensor, zw: Tensor) -> Tensor:
-        return _ban(scmoe_logits(zs, zw, self.contrast.alpha, self.contrast.beta), self.ban)
+    def _score(self, out_s: Any, out_w: Any) -> Tensor:
+        z_s, z_w = self.strong.logits(out_s), self.weak.logits(out_w)  # (R, V) each
+        return ban_tokens(scmoe_logits(z_s, z_w, self.alpha, self.beta), self.ban)  # ban after the mask
 
     def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
         return self._score(self.strong.prefill(ids, mask), self.weak.prefill(ids, mask))
@@ -277,7 +317,9 @@ class DecodeEngine:
         elif contrast is None:
             scorer = _PlainScorer(self.model, self.controller, n, routing, ban)
         elif two_pass:
-            scorer = _TwoPassScorer(self.model, self.controller, n, contrast, ban)
+            strong = Stream(self.model, self.controller, [contrast.strong] * n)
+            weak = Stream(self.model, self.controller, [contrast.weak] * n)
+            scorer = TwoStreamScorer(strong, weak, contrast.alpha, contrast.beta, ban)
         else:
             scorer = _PairedScorer(self.model, self.controller, n, contrast, ban)
         checker = StopChecker(self.tokenizer, stops)
@@ -299,7 +341,7 @@ class DecodeEngine:
 
     def _decode(
         self,
-        scorer: "_PlainScorer | _PairedScorer | _TwoPassScorer",
+        scorer: "_PlainScorer | _PairedScorer | TwoStreamScorer",
         scores: Tensor,
         sampling: SamplingParams,
         generators: list[torch.Generator] | None,
