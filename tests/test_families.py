@@ -194,10 +194,13 @@ class MoEGate(nn.Module):
 
 
 class ToyDeepseekMoE(nn.Module):
-    """Routed experts weighted by the gate, plus a shared expert that is always on."""
+    """Routed experts weighted by the gate, plus a shared expert that is always on. Dispatches as the
+    remote `DeepseekMoE.moe_infer` does: flattened slot s belongs to token s // num_experts_per_tok,
+    where num_experts_per_tok is the block's configured K, whatever width the gate returned."""
 
     def __init__(self, hidden: int, experts: int, top_k: int, norm: bool) -> None:
         super().__init__()
+        self.num_experts_per_tok = top_k
         self.gate = MoEGate(hidden, experts, top_k, norm)
         self.experts = nn.ModuleList(nn.Linear(hidden, hidden, bias=False) for _ in range(experts))
         self.shared_experts = nn.Linear(hidden, hidden, bias=False)
@@ -205,9 +208,12 @@ class ToyDeepseekMoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, S, H)
         idx, w, _ = self.gate(x)
         flat = x.reshape(-1, x.shape[-1])  # (T, H)
-        every = torch.stack([torch.tanh(e(flat)) for e in self.experts], dim=1)  # (T, E, H)
-        picked = every.gather(1, idx[:, :, None].expand(-1, -1, flat.shape[-1]))  # (T, K, H)
-        routed = (picked * w[:, :, None].to(picked.dtype)).sum(dim=1)
+        slots, slot_w = idx.reshape(-1), w.reshape(-1, 1)  # (T*K,), (T*K, 1)
+        token = torch.arange(slots.numel()) // self.num_experts_per_tok  # (T*K,)
+        routed = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            hit = slots == e
+            routed.index_add_(0, token[hit], torch.tanh(expert(flat[token[hit]])) * slot_w[hit].to(flat.dtype))
         return (routed + self.shared_experts(flat)).view_as(x)
 
 
@@ -255,6 +261,45 @@ def test_deepseek_moegate_adapter():
             torch.testing.assert_close(mixed[row : row + 1], model(x[row : row + 1]), rtol=0, atol=1e-5)
     ctl.remove()
     assert torch.equal(model(x), ref)
+
+
+@torch.no_grad()
+def test_deepseek_dispatch_width_follows_the_policy():
+    """The remote block maps slots to tokens by its configured K: every width the hook returns
+    (topk(1) padded to K, topk(E) wider than K, topp) must give what a reference gather computes,
+    and stock routing must find the block's K restored."""
+    model, x = _toy()
+    ref = model(x)
+    ctl = RoutingController(model)
+    blocks = [layer for layer in model.layers if isinstance(layer, ToyDeepseekMoE)]
+
+    def by_gather(policy: P) -> torch.Tensor:
+        """The same model with each block computing its routed experts by a gather over all experts."""
+        def block_forward(block: ToyDeepseekMoE, h: torch.Tensor) -> torch.Tensor:
+            idx, w, _ = block.gate(h)
+            flat = h.reshape(-1, h.shape[-1])
+            every = torch.stack([torch.tanh(e(flat)) for e in block.experts], dim=1)  # (T, E, H)
+            picked = every.gather(1, idx[:, :, None].expand(-1, -1, flat.shape[-1]))  # (T, K', H)
+            return ((picked * w[:, :, None]).sum(1) + block.shared_experts(flat)).view_as(h)
+
+        with ctl.use([policy] * 3):
+            h = x
+            for layer in model.layers:
+                h = h + (block_forward(layer, h) if isinstance(layer, ToyDeepseekMoE) else layer(h))
+        return h
+
+    for policy in (P.topk(1), P.rank(2), P.topk(8), P.topp(0.5), P.random(2, seed=1)):
+        ctl.reset_random()
+        expected = by_gather(policy)
+        ctl.reset_random()
+        with ctl.use([policy] * 3):
+            assert {b.num_experts_per_tok for b in blocks} == {ctl._state.width}
+            torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-5, msg=str(policy))
+        assert {b.num_experts_per_tok for b in blocks} == {3}
+        assert torch.equal(model(x), ref)
+    ctl.set([P.topk(8)] * 3)
+    ctl.remove()
+    assert {b.num_experts_per_tok for b in blocks} == {3} and torch.equal(model(x), ref)
 
 
 @torch.no_grad()

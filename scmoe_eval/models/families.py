@@ -96,6 +96,11 @@ class FamilyAdapter:
     def scale(self, router: nn.Module) -> float:
         return 1.0
 
+    def dispatch_blocks(self, model: nn.Module, routers: list[nn.Module]) -> list[nn.Module]:
+        """MoE blocks that size their expert dispatch from an attribute instead of the router's output
+        width; the controller keeps that attribute equal to the width it returns. None natively."""
+        return []
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -205,6 +210,8 @@ class DeepseekMoeAdapter(FamilyAdapter):
     `top_k > 1 and norm_topk_prob` (false for DeepSeekMoE-16B). Shared experts and the dense first
     layer live outside the gate. The gate does not return its logits, so the hook recomputes them
     with the gate's own weight (the same op, hence the same values).
+    The enclosing `DeepseekMoE` block maps flattened slot s to token s // `num_experts_per_tok` (its
+    config K, not the gate's output width), so that attribute must follow the width the hook returns.
     """
 
     name = "deepseek"
@@ -236,6 +243,13 @@ class DeepseekMoeAdapter(FamilyAdapter):
 
     def normalize_topk(self, router: nn.Module, k: int) -> bool:
         return k > 1 and bool(router.norm_topk_prob)
+
+    def dispatch_blocks(self, model: nn.Module, routers: list[nn.Module]) -> list[nn.Module]:
+        gates = {id(r) for r in routers}
+        return [
+            m for m in model.modules()
+            if hasattr(m, "num_experts_per_tok") and any(id(c) in gates for c in m.children())
+        ]
 
 
 def supported_families() -> str:

@@ -152,6 +152,7 @@ class RoutingController:
         self._state: _State | None = None
         self._states: dict[tuple[RoutingPolicy, ...], _State] = {}  # set() repeats lists (two-pass, every step)
         self._generators: dict[tuple[RoutingPolicy, torch.device], torch.Generator] = {}
+        self._blocks = self.adapter.dispatch_blocks(model, self.routers)  # [] for native families
         self._handles = [r.register_forward_hook(self._hook) for r in self.routers]
         self._handles.append(model.register_forward_pre_hook(self._check_batch, with_kwargs=True))
 
@@ -174,7 +175,7 @@ class RoutingController:
     def set(self, policies: Sequence[RoutingPolicy] | None) -> None:
         """One policy per batch row of the following model calls; None or all-default = stock, bit-exact."""
         if policies is None or all(p.kind == "default" for p in policies):
-            self._state = None
+            self._activate(None)
             return
         policies = tuple(policies)
         state = self._states.get(policies)
@@ -185,7 +186,7 @@ class RoutingController:
             if len(self._states) >= 64:  # rows dropped during decoding leave one list per batch size
                 self._states.clear()
             self._states[policies] = state
-        self._state = state
+        self._activate(state)
 
     @contextmanager
     def use(self, policies: Sequence[RoutingPolicy] | None) -> Iterator["RoutingController"]:
@@ -195,7 +196,7 @@ class RoutingController:
         try:
             yield self
         finally:
-            self._state = previous
+            self._activate(previous)
 
     def reset_random(self) -> None:
         """Restart every random policy's stream at its seed (streams otherwise continue across calls)."""
@@ -206,10 +207,16 @@ class RoutingController:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._state = None
+        self._activate(None)
         self._states = {}
 
     # ------------------------------------------------------------------ internals
+    def _activate(self, state: "_State | None") -> None:
+        """Put `state` in force; blocks that size their dispatch by attribute follow its width."""
+        self._state = state
+        width = self.default_k if state is None or state.stock else state.width
+        for block in self._blocks:
+            block.num_experts_per_tok = width
     def _effective(self, policy: RoutingPolicy) -> RoutingPolicy:
         """Canonical policy; topk(own k) becomes `default` where the adapter guarantees they are equal."""
         policy = policy.canonical()
