@@ -17,7 +17,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from scmoe_eval.config import ConfigError, ExperimentConfig, register_configs, to_experiment
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+def _config_dir() -> str:
+    """`conf/` beside the package in a wheel install, else the source tree's (editable install)."""
+    here = Path(__file__).resolve().parent
+    shipped = here / "conf"
+    return str(shipped if (shipped / "config.yaml").is_file() else here.parent / "conf")
+
+
+CONFIG_DIR = _config_dir()
 EXIT_BAD_CONFIG = 2
 log = logging.getLogger("scmoe_eval")
 

@@ -143,3 +143,19 @@ def test_used_policies() -> None:
     assert set(used_policies(load("strategy=self-consistency").strategy)) == {"strategy.routing"}
     for baseline in ("cd", "dola", "contrastive-search"):  # stock routing: no policy to check
         assert used_policies(load(f"strategy={baseline}").strategy) == {}
+
+
+def test_conf_ships_in_the_wheel() -> None:
+    """Every file under conf/ matches a package-data glob, so a non-editable install has the whole tree."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    setuptools_cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools_cfg["package-dir"]["scmoe_eval.conf"] == "conf"
+    globs = setuptools_cfg["package-data"]["scmoe_eval.conf"]
+    files = [p.relative_to(root / "conf").as_posix() for p in (root / "conf").rglob("*") if p.is_file()]
+    assert "config.yaml" in files and len(files) > 30
+    # fnmatch's * crosses "/", so compare segment counts as setuptools' glob does
+    unshipped = [f for f in files if not any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)]
+    assert unshipped == []
