@@ -100,3 +100,47 @@ def test_eos_doubles_as_pad(tmp_path):
     assert AutoTokenizer.from_pretrained(tmp_path / "nopad").pad_token is None
     loaded = load_tokenizer(tmp_path / "nopad", {})
     assert loaded.pad_token == loaded.eos_token == "</s>" and loaded.padding_side == "left"
+
+
+HUB_SCRIPT = """
+import sys, torch
+from scmoe_eval.config import ModelConfig
+from scmoe_eval.models.loading import ModelLoadError, load_model
+for revision in sys.argv[2:]:
+    try:
+        lm = load_model(ModelConfig(path=sys.argv[1], revision=revision or None, dtype="float32", device="cpu"))
+    except ModelLoadError as exc:
+        print("error", str(exc).replace(chr(10), " "))
+        continue
+    ids = lm.tokenizer(["def add(a, b):"], return_tensors="pt")
+    with torch.no_grad():
+        print(lm.adapter.name, lm.model(**ids).logits[0, -1, :4].tolist())
+"""
+
+
+def test_hub_id_resolves_through_the_hub_cache(tmp_path, tiny_mixtral, tiny_mixtral_path):
+    """A Hub id (and a pinned revision) goes through huggingface_hub's resolution, here served from a
+    cache laid out as a download leaves it (HF_HUB_OFFLINE=1: the same code path minus the HTTP)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--scmoe-test--tiny-mixtral"
+    shutil.copytree(tiny_mixtral_path, repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    enc = tiny_mixtral.tokenizer(["def add(a, b):"], return_tensors="pt")
+    with torch.no_grad():
+        want = tiny_mixtral.model(**enc).logits[0, -1, :4].tolist()
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    revisions = ["", sha, "main", "f" * 40]  # the last one was never downloaded
+    out = subprocess.run([sys.executable, "-c", HUB_SCRIPT, "scmoe-test/tiny-mixtral", *revisions],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()[-4:]
+    for line in lines[:3]:
+        name, logits = line.split(" ", 1)
+        assert name == "mixtral" and eval(logits) == want, line  # noqa: S307 - our own repr of floats
+    assert lines[3].startswith("error") and "model.path=/path/to/checkpoint" in lines[3]
