@@ -144,3 +144,26 @@ def test_hub_id_resolves_through_the_hub_cache(tmp_path, tiny_mixtral, tiny_mixt
         name, logits = line.split(" ", 1)
         assert name == "mixtral" and eval(logits) == want, line  # noqa: S307 - our own repr of floats
     assert lines[3].startswith("error") and "model.path=/path/to/checkpoint" in lines[3]
+
+
+def test_remote_code_written_for_transformers_4_is_a_clear_error(tmp_path):
+    """DeepSeekMoE-16B's remote modeling file imports a module transformers 5 removed; the loader says so.
+    (transformers copies the two files into its modules cache, as for any remote-code checkpoint.)"""
+    import json
+
+    ckpt = tmp_path / "old-remote"
+    ckpt.mkdir()
+    (ckpt / "configuration_old.py").write_text(
+        "from transformers import PretrainedConfig\n\n"
+        "class OldConfig(PretrainedConfig):\n    model_type = 'deepseek'\n"
+    )
+    (ckpt / "modeling_old.py").write_text(
+        "from transformers.modeling_attn_mask_utils import _prepare_4d_causal_attention_mask\n"
+        "from .configuration_old import OldConfig\n"
+    )
+    (ckpt / "config.json").write_text(json.dumps({
+        "model_type": "deepseek",
+        "auto_map": {"AutoConfig": "configuration_old.OldConfig", "AutoModelForCausalLM": "modeling_old.OldForCausalLM"},
+    }))
+    with pytest.raises(ModelLoadError, match="modeling_attn_mask_utils.*transformers 4.x.*docs/models.md"):
+        load_model(_cfg(ckpt, trust_remote_code=True))

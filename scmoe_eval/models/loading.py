@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import transformers
 from huggingface_hub.errors import HFValidationError, OfflineModeIsEnabled
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
@@ -128,9 +129,18 @@ def load_model(cfg: "ModelConfig") -> LoadedModel:
         )
         if value is not None
     }
-    model = AutoModelForCausalLM.from_pretrained(
-        path, config=config, dtype=DTYPES[cfg.dtype], **placement, **extra, **common
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, config=config, dtype=DTYPES[cfg.dtype], **placement, **extra, **common
+        )
+    except ImportError as exc:
+        if not cfg.trust_remote_code:
+            raise
+        raise ModelLoadError(
+            f"the remote modeling code of {cfg.path!r} does not import under transformers {transformers.__version__} "
+            f"({exc}); it was written for transformers 4.x (DeepSeekMoE-16B's imports "
+            "transformers.modeling_attn_mask_utils, removed in 5.0). See docs/models.md."
+        ) from exc
     model.eval()
     tokenizer = load_tokenizer(path, common)
     controller = RoutingController(model, adapter)
