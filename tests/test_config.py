@@ -27,7 +27,8 @@ def options(group: str) -> list[str]:
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_validates(group: str, option: str) -> None:
-    required = {"local": ["model.path=/somewhere"], "prompts": ["task.path=/somewhere"]}
+    required = {"local": ["model.path=/somewhere"], "deepseek-moe-16b": ["model.path=/somewhere"],
+                "prompts": ["task.path=/somewhere"]}
     cfg = load(f"{group}={option}", *required.get(option, []))
     assert isinstance(cfg, ExperimentConfig)
     validate(cfg)

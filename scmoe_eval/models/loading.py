@@ -139,7 +139,9 @@ def load_model(cfg: "ModelConfig") -> LoadedModel:
         raise ModelLoadError(
             f"the remote modeling code of {cfg.path!r} does not import under transformers {transformers.__version__} "
             f"({exc}); it was written for transformers 4.x (DeepSeekMoE-16B's imports "
-            "transformers.modeling_attn_mask_utils, removed in 5.0). See docs/models.md."
+            "transformers.modeling_attn_mask_utils, removed in 5.0). For DeepSeekMoE convert the checkpoint to "
+            "native Qwen2-MoE: python -m scmoe_eval.models.convert_deepseek_moe SRC DST, then model.path=DST "
+            "(docs/models.md)."
         ) from exc
     model.eval()
     tokenizer = load_tokenizer(path, common)
