@@ -10,7 +10,7 @@ PYTEST_WORKERS ?= 2
 export HF_HUB_DISABLE_TELEMETRY := 1
 export WANDB_MODE ?= offline
 
-.PHONY: install test demo reproduce-gsm8k reproduce-paper sweep-beta sweep-weak-k sweep-alpha paper-table bench clean
+.PHONY: install test demo reproduce-gsm8k reproduce-paper paper-baselines reproduce-paper-deepseek sweep-beta sweep-weak-k sweep-alpha paper-table bench clean
 
 $(VENV)/.installed: pyproject.toml requirements/lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,17 +52,36 @@ reproduce-gsm8k: $(VENV)/.installed
 	$(SCMOE) -m $(RUN_ARGS) task=gsm8k strategy=greedy,scmoe strategy.beta=0.5 strategy.weak.k=2
 	$(TABLE) $(RUNS) --paper --out $(TABLES)
 
-# Every Mixtral-8x7B experiment of the paper (Tables 1, 7, 8, 9, Fig.5); days of GPU time.
+# Every Mixtral-8x7B experiment of the paper (Tables 1, 7, 8, 9, Fig.5) and its baselines; days of GPU time.
+# CD's amateur: AMATEUR=/path/to/Mistral-7B-v0.1 (same vocabulary as Mixtral).
+AMATEUR ?= mistralai/Mistral-7B-v0.1
 reproduce-paper: $(VENV)/.installed
 	$(SCMOE) -m $(RUN_ARGS) task=$(ALL_TASKS) strategy=greedy
 	$(SCMOE) experiment=paper-table1 $(RUN_ARGS)
-	$(SCMOE) -m $(RUN_ARGS) task=$(ALL_TASKS) strategy=dynamic strategy.routing.p=0.2,0.3,0.4,0.5,0.6
-	$(SCMOE) -m $(RUN_ARGS) task=$(ALL_TASKS) strategy=topk strategy.routing.k=1,2,3,4,5,6,7,8
+	$(MAKE) paper-baselines
+	$(SCMOE) -m $(RUN_ARGS) task=$(ALL_TASKS) strategy=cd strategy.amateur=$(AMATEUR) strategy.beta=0.1,0.3,0.5,0.7,0.9
 	$(SCMOE) experiment=ablation-weak-rank $(RUN_ARGS)
 	$(SCMOE) -m $(RUN_ARGS) task=$(ALL_TASKS) strategy=scmoe strategy.weak.kind=random strategy.weak.k=1 \
 		strategy.beta=0.1,0.3,0.5,0.7,0.9
 	$(SCMOE) experiment=ideal-strong $(RUN_ARGS)
 	$(SCMOE) experiment=paper-self-consistency $(RUN_ARGS)
+	$(MAKE) paper-table
+
+# The baselines both models share (Tab.7 / Tab.10 grids): dynamic, ensemble top-k, contrastive search, DoLa.
+paper-baselines: $(VENV)/.installed
+	$(SCMOE) -m $(RUN_ARGS) task=$(ALL_TASKS) strategy=dynamic strategy.routing.p=0.2,0.3,0.4,0.5,0.6
+	$(SCMOE) -m $(RUN_ARGS) task=$(ALL_TASKS) strategy=topk strategy.routing.k=1,2,3,4,5,6,7,8
+	$(SCMOE) -m $(RUN_ARGS) task=$(ALL_TASKS) strategy=contrastive-search strategy.penalty_alpha=0.3,0.4,0.5,0.6
+	$(SCMOE) -m $(RUN_ARGS) task=$(ALL_TASKS) strategy=dola strategy.dola_layers=low,high
+
+# DeepSeekMoE-16B (Table 4, Tab.10) on its converted checkpoint (docs/models.md): DEEPSEEK=/ckpt/...-qwen2moe.
+DEEPSEEK ?=
+DS_ARGS = model=deepseek-moe-16b model.path=$(DEEPSEEK) $(DATA_ARG) $(CODE_ARG) run.output_dir=$(RUNS) $(EXTRA)
+reproduce-paper-deepseek: $(VENV)/.installed
+	@test -n "$(DEEPSEEK)" || { echo "set DEEPSEEK=/path/to/converted checkpoint: python -m scmoe_eval.models.convert_deepseek_moe SRC DST (docs/models.md)"; exit 2; }
+	$(SCMOE) -m $(DS_ARGS) task=$(ALL_TASKS) strategy=greedy
+	$(MAKE) paper-baselines MODEL_CONFIG=deepseek-moe-16b MODEL=$(DEEPSEEK)
+	$(SCMOE) experiment=paper-table4 $(DS_ARGS)
 	$(MAKE) paper-table
 
 BETAS ?= 0.1,0.3,0.5,0.7,0.9

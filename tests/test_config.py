@@ -28,6 +28,7 @@ def options(group: str) -> list[str]:
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_validates(group: str, option: str) -> None:
     required = {"local": ["model.path=/somewhere"], "deepseek-moe-16b": ["model.path=/somewhere"],
+                "paper-table4": ["model.path=/somewhere"],
                 "prompts": ["task.path=/somewhere"]}
     cfg = load(f"{group}={option}", *required.get(option, []))
     assert isinstance(cfg, ExperimentConfig)
@@ -160,3 +161,10 @@ def test_conf_ships_in_the_wheel() -> None:
     # fnmatch's * crosses "/", so compare segment counts as setuptools' glob does
     unshipped = [f for f in files if not any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)]
     assert unshipped == []
+
+
+def test_paper_table4_is_the_deepseek_grid() -> None:
+    cfg = load("experiment=paper-table4", "model.path=/ckpt/deepseek-moe-16b-qwen2moe")
+    s = cfg.strategy
+    assert cfg.model.name == "deepseek-moe-16b" and s.name == "scmoe"
+    assert (s.strong.kind, s.strong.k, s.weak.kind, s.weak.k) == ("topk", 6, "topk", 1)  # paper.py's Tab.10 keys
