@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from scmoe_eval.config import ConfigError, ExperimentConfig, register_configs, to_experiment
 
+
 def _config_dir() -> str:
     """`conf/` beside the package in a wheel install, else the source tree's (editable install)."""
     here = Path(__file__).resolve().parent

@@ -115,27 +115,37 @@ def rename(name: str, tensor: torch.Tensor, has_shared: bool) -> list[tuple[str,
 
 
 def convert(src_dir: str | Path, dst_dir: str | Path, shard_bytes: int = 4 << 30) -> Qwen2MoeConfig:
-    """Write the Qwen2-MoE checkpoint (config, sharded safetensors + index, tokenizer files) to dst_dir."""
+    """Write the Qwen2-MoE checkpoint (config, sharded safetensors + index, tokenizer files) to dst_dir.
+    Shards are written as they fill, so memory stays near one source file plus one shard."""
     src_dir, dst_dir = Path(src_dir), Path(dst_dir)
     source = json.loads((src_dir / "config.json").read_text())
     config = convert_config(source)
     has_shared = config.shared_expert_intermediate_size > 0
     dst_dir.mkdir(parents=True, exist_ok=True)
-    shards: list[dict[str, torch.Tensor]] = [{}]
+    written: list[tuple[Path, list[str]]] = []  # (temporary shard file, its tensor names)
+    shard: dict[str, torch.Tensor] = {}
     size = 0
+
+    def flush() -> None:
+        path = dst_dir / f"shard-{len(written) + 1:05d}.tmp"
+        save_file(shard, str(path), metadata={"format": "pt"})
+        written.append((path, list(shard)))
+
     for name, tensor in source_tensors(src_dir):
         for new_name, new_tensor in rename(name, tensor, has_shared):
             nbytes = new_tensor.numel() * new_tensor.element_size()
-            if shards[-1] and size + nbytes > shard_bytes:
-                shards.append({})
-                size = 0
-            shards[-1][new_name] = new_tensor.contiguous()
+            if shard and size + nbytes > shard_bytes:
+                flush()
+                shard, size = {}, 0
+            shard[new_name] = new_tensor.contiguous()
             size += nbytes
+    if shard:
+        flush()
     weight_map = {}
-    for i, shard in enumerate(shards, start=1):
-        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(dst_dir / file), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, file))
+    for i, (path, names) in enumerate(written, start=1):
+        file = f"model-{i:05d}-of-{len(written):05d}.safetensors"
+        path.rename(dst_dir / file)
+        weight_map.update(dict.fromkeys(names, file))
     index = {"metadata": {"converted_from": "deepseek (DeepSeekMoE v1)"}, "weight_map": weight_map}
     (dst_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     config.save_pretrained(dst_dir)

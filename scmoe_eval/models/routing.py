@@ -217,6 +217,7 @@ class RoutingController:
         width = self.default_k if state is None or state.stock else state.width
         for block in self._blocks:
             block.num_experts_per_tok = width
+
     def _effective(self, policy: RoutingPolicy) -> RoutingPolicy:
         """Canonical policy; topk(own k) becomes `default` where the adapter guarantees they are equal."""
         policy = policy.canonical()
