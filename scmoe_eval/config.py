@@ -36,7 +36,7 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     device_map: Optional[str] = "auto"  # "auto" spreads a big model over all GPUs
     attn_implementation: Optional[str] = None  # eager | sdpa | flash_attention_2
-    experts_implementation: Optional[str] = None  # eager | grouped_mm | batched_mm
+    experts_implementation: Optional[str] = None  # eager | grouped_mm | batched_mm | dense_hit (models/experts.py)
     trust_remote_code: bool = False  # DeepSeekMoE-16B needs it
     family: Optional[str] = None  # force a family adapter instead of detecting it
     local_files_only: bool = False
