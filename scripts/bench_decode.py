@@ -178,18 +178,16 @@ def bench_subject(subject: Subject, batches: list[int], args: argparse.Namespace
     rows = []
     for batch in batches:
         texts = prompts(batch, args.prompt_len, vocab)
-        fns = {m: runner(subject, m, texts, args.new_tokens) for m in METHODS}
+        fns = {m: runner(subject, m, texts, args.new_tokens) for m in args.methods}
         warm = {m: fn() for m, fn in fns.items()}  # warm-up: allocator, kernels, lazy inits
-        agree = dict(
-            greedy_vs_hf=same_rows(warm["greedy"], warm["hf_generate"]),
-            batched_vs_two_pass=same_rows(warm["scmoe_batched"], warm["scmoe_two_pass"]),
-        )
-        times: dict[str, list[float]] = {m: [] for m in METHODS}
+        pairs = dict(greedy_vs_hf=("greedy", "hf_generate"), batched_vs_two_pass=("scmoe_batched", "scmoe_two_pass"))
+        agree = {name: same_rows(warm[a], warm[b]) for name, (a, b) in pairs.items() if a in warm and b in warm}
+        times: dict[str, list[float]] = {m: [] for m in args.methods}
         for _ in range(args.rounds):  # interleaved, so drift from neighbours hits every method alike
             for m, fn in fns.items():
                 times[m].append(timed(fn, device))
         peaks = measure_peaks(fns, device) if device == "cuda" else {}
-        for m in METHODS:
+        for m in args.methods:
             sec = statistics.median(times[m])
             row = dict(
                 model=subject.name,
@@ -235,18 +233,17 @@ def summarize(rows: list[dict], subjects: list[Subject], args: argparse.Namespac
     out = {}
     for s in subjects:
         for b in args.batch:
-            ms = {m: by[(s.name, b, m)]["ms_per_token"] for m in METHODS}
-            entry = dict(
-                greedy_over_hf=ms["greedy"] / ms["hf_generate"],
-                scmoe_batched_over_greedy=ms["scmoe_batched"] / ms["greedy"],
-                scmoe_two_pass_over_greedy=ms["scmoe_two_pass"] / ms["greedy"],
-                batched_over_two_pass=ms["scmoe_batched"] / ms["scmoe_two_pass"],
-            )
-            peak = {m: by[(s.name, b, m)].get("peak_mem_gib") for m in METHODS}
-            if peak["greedy"] is not None:
+            ms = {m: by[(s.name, b, m)]["ms_per_token"] for m in args.methods}
+            ratios = dict(greedy_over_hf=("greedy", "hf_generate"), scmoe_batched_over_greedy=("scmoe_batched", "greedy"),
+                          scmoe_two_pass_over_greedy=("scmoe_two_pass", "greedy"),
+                          batched_over_two_pass=("scmoe_batched", "scmoe_two_pass"))
+            entry = {name: ms[a] / ms[c] for name, (a, c) in ratios.items() if a in ms and c in ms}
+            peak = {m: by[(s.name, b, m)].get("peak_mem_gib") for m in args.methods}
+            if peak.get("greedy") is not None:
                 dtype_bytes = next(s.loaded.model.parameters()).element_size()
-                entry["scmoe_batched_extra_mem_gib"] = peak["scmoe_batched"] - peak["greedy"]
-                entry["scmoe_two_pass_extra_mem_gib"] = peak["scmoe_two_pass"] - peak["greedy"]
+                for m in ("scmoe_batched", "scmoe_two_pass"):
+                    if m in peak:
+                        entry[f"{m}_extra_mem_gib"] = peak[m] - peak["greedy"]
                 entry["one_kv_cache_gib"] = kv_cache_gib(
                     s.loaded.model.config, b, args.prompt_len + args.new_tokens, dtype_bytes
                 )
@@ -265,6 +262,7 @@ def main() -> None:
     parser.add_argument(
         "--decode-experts", default=None, help="experts implementation of our decode steps (default: engine's choice)"
     )
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--cpu-sizes", nargs="+", choices=["tiny", "mid", "large"], default=["tiny", "mid", "large"])
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (the dev machine is shared)")
     args = parser.parse_args()

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# One prepared GPU session for the decode benchmark (about 8-9 minutes on one H200, model build included):
-#   1. the engine's own decode-kernel choice, batch 1 and 8   -> $OUT/h200.json
-#   2. every method with grouped_mm forced, batch 1           -> $OUT/h200_decode_grouped_mm.json
-#   3. every method with eager experts forced, batch 1        -> $OUT/h200_decode_eager.json
-# Why 2 and 3: at batch 1 batched_mm copies one expert per (row, slot), so batched SCMoE moves 4 expert
-# copies per layer against greedy's 2; grouped_mm and eager read each distinct expert once (<= 3).
+# One prepared GPU session for the decode benchmark (about 7 minutes on one H200, model builds included):
+#   1. every method with the engine's own decode-kernel choice, batch 1 and 8  -> $OUT/h200.json
+#   2-4. greedy vs batched SCMoE at batch 1 with the decode experts forced to
+#        grouped_mm, eager and dense_hit -> $OUT/h200_decode_<impl>.json
+# Why 2-4: at batch 1 `batched_mm` copies one expert per (row, slot), so batched SCMoE moves 4 expert
+# copies per layer against greedy's 2; the other three read each distinct expert once (<= 3 here).
+# If one brings scmoe_batched_over_greedy under 1.15, DecodeEngine._decode_kernels should pick it
+# for batch-1 SCMoE (docs/decode-cost.md).
 # The device image may carry an older transformers: put the pinned wheel in .whl/ first
 # (pip download --no-deps -d .whl transformers==5.24.0) and it is installed into /tmp/site here.
 set -euo pipefail
@@ -18,5 +20,7 @@ else
 fi
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
 python3 scripts/bench_decode.py --device cuda --batch 1 8 --out "$OUT/h200.json"
-python3 scripts/bench_decode.py --device cuda --batch 1 --decode-experts grouped_mm --out "$OUT/h200_decode_grouped_mm.json"
-python3 scripts/bench_decode.py --device cuda --batch 1 --decode-experts eager --out "$OUT/h200_decode_eager.json"
+for impl in grouped_mm eager dense_hit; do
+  python3 scripts/bench_decode.py --device cuda --batch 1 --methods greedy scmoe_batched \
+    --decode-experts "$impl" --out "$OUT/h200_decode_$impl.json"
+done
