@@ -23,8 +23,9 @@ PROMPTS = ["Question: There are 15 trees in the grove. How many trees?\nAnswer:"
 def _toy_experts(E: int = 6, H: int = 8, I: int = 5, dtype=torch.float32) -> SimpleNamespace:
     g = torch.Generator().manual_seed(0)
     gate_up, down = torch.randn(E, 2 * I, H, generator=g), torch.randn(E, H, I, generator=g)
-    module = SimpleNamespace(gate_up_proj=gate_up.to(dtype), down_proj=down.to(dtype), act_fn=F.silu, has_bias=False,
-                             is_transposed=False, has_post_expert_norm=False, has_gate=True, _is_expert_parallel=False)
+    module = SimpleNamespace(gate_up_proj=gate_up.to(dtype), down_proj=down.to(dtype), num_experts=E, act_fn=F.silu,
+                             has_bias=False, is_transposed=False, has_post_expert_norm=False, has_gate=True,
+                             _is_expert_parallel=False)
     module._apply_gate = lambda x: module.act_fn(x.chunk(2, dim=-1)[0]) * x.chunk(2, dim=-1)[1]
     return module
 

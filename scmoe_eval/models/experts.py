@@ -26,8 +26,11 @@ def dense_hit_experts_forward(
     """hidden_states (T, H), top_k_index / top_k_weights (T, K) -> (T, H) in the input dtype."""
     if self.has_bias or self.is_transposed or self.has_post_expert_norm or not self.has_gate or self._is_expert_parallel:
         return batched_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)  # layouts not covered here
-    out = torch.zeros(hidden_states.shape, dtype=torch.float32, device=hidden_states.device)  # (T, H)
-    for expert in torch.unique(top_k_index).tolist():  # the one host sync
+    device = hidden_states.device
+    hit = torch.zeros(self.num_experts, dtype=torch.bool, device=device)  # (E,): fixed size, built without a sync
+    hit.index_fill_(0, top_k_index.reshape(-1), True)
+    out = torch.zeros(hidden_states.shape, dtype=torch.float32, device=device)  # (T, H)
+    for expert in [e for e, was_hit in enumerate(hit.tolist()) if was_hit]:  # the one host sync
         weight = (top_k_weights * (top_k_index == expert)).sum(dim=-1, keepdim=True)  # (T, 1), 0 = not routed
         gate_up = F.linear(hidden_states, self.gate_up_proj[expert])  # (T, 2I)
         y = F.linear(self._apply_gate(gate_up), self.down_proj[expert])  # (T, H)
