@@ -6,7 +6,9 @@ depend on the model's depth and the decoding code, not its width, so they can be
 a random Mixtral with the 8x7B layout (32 layers, 8 experts, top-2) at hidden size 64, run under
 the PyTorch profiler. Per method and step it reports
   - kernels: ATen ops that run a kernel themselves (views, allocations and wrappers excluded),
-  - syncs: `_local_scalar_dense` / `nonzero` calls, each a device->host wait on a GPU,
+  - syncs: device->host waits on a GPU: `.item()`, `.tolist()`, `nonzero`, `unique`, ...,
+  - alloc_expert_copies: bytes the step allocates, in units of one expert's weights per layer (the
+    weight copies `batched_mm` gathers dominate it; a copy-free implementation stays near 0),
   - cpu_ms: host time per step (1 thread), the launch-bound share of a GPU step.
 Steps are isolated by differencing a 40-token and an 8-token run (prefill cancels).
 
@@ -40,7 +42,10 @@ NO_KERNEL = {  # views, metadata and allocations: no device kernel behind them
     "aten::set_", "aten::resolve_conj", "aten::resolve_neg", "aten::_local_scalar_dense", "aten::to",
     "aten::_to_copy",
 }
-SYNCS = {"aten::_local_scalar_dense", "aten::nonzero"}
+# Ops whose result size or value the host must wait for on a GPU; Tensor.tolist() is counted separately
+# (it reads the data without dispatching an ATen op).
+SYNCS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::_unique2", "aten::unique_dim",
+         "aten::unique_consecutive", "aten::masked_select"}
 
 
 def launches(event) -> bool:
@@ -51,14 +56,26 @@ def launches(event) -> bool:
 
 
 def op_counts(fn) -> Counter:
-    """Per ATen op name: how many kernels it ran ("kernel:" prefix) and how often it was called."""
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
+    """Per ATen op name: how many kernels it ran ("kernel:" prefix) and how often it was called;
+    "alloc_bytes": everything the ops allocated."""
     counts: Counter = Counter()
+    tolist = torch.Tensor.tolist
+
+    def counted_tolist(self):
+        counts["sync:tolist"] += 1
+        return tolist(self)
+
+    torch.Tensor.tolist = counted_tolist
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+    finally:
+        torch.Tensor.tolist = tolist
     for e in prof.events():
         if e.name.startswith("aten::"):
             counts[e.name] += 1
             counts["kernel:" + e.name] += launches(e)
+            counts["alloc_bytes"] += max(e.self_cpu_memory_usage, 0)
     return counts
 
 
@@ -66,8 +83,9 @@ def per_step(counts_long: Counter, counts_short: Counter, steps: int) -> dict[st
     diff = {k: (counts_long[k] - counts_short[k]) / steps for k in counts_long | counts_short}
     return {
         "kernels": sum(v for k, v in diff.items() if k.startswith("kernel:")),
-        "syncs": sum(v for k, v in diff.items() if k in SYNCS),
-        "aten_calls": sum(v for k, v in diff.items() if not k.startswith("kernel:")),
+        "syncs": sum(v for k, v in diff.items() if k in SYNCS or k.startswith("sync:")),
+        "aten_calls": sum(v for k, v in diff.items() if k.startswith("aten::")),
+        "alloc_bytes": diff.get("alloc_bytes", 0.0),
     }
 
 
@@ -88,6 +106,7 @@ def main() -> None:
     model.set_experts_implementation(args.experts)
     subject = _wrap("mixtral-8x7b-layout", model, word_tokenizer(shape["vocab_size"]), "cpu")
     texts = prompts(1, 32, shape["vocab_size"])
+    expert_bytes = 3 * shape["hidden_size"] * shape["intermediate_size"] * 4  # gate, up, down in float32
     short, long = 8, 40
     rows = []
     with torch.inference_mode():
@@ -102,11 +121,13 @@ def main() -> None:
                 t1 = time.perf_counter()
                 run_short()
                 times.append(((t1 - t0) - (time.perf_counter() - t1)) / (long - short) * 1e3)
-            rows.append({"method": method, **counts, "cpu_ms": statistics.median(times)})
+            copies = counts.pop("alloc_bytes") / (expert_bytes * shape["num_hidden_layers"])
+            rows.append({"method": method, **counts, "alloc_expert_copies": round(copies, 2),
+                         "cpu_ms": statistics.median(times)})
             print(rows[-1])
     greedy = next(r for r in rows if r["method"] == "greedy")
     summary = {r["method"]: {k: round(r[k] / greedy[k], 3) if greedy[k] else None
-                             for k in ("kernels", "syncs", "cpu_ms")} for r in rows}
+                             for k in ("kernels", "syncs", "alloc_expert_copies", "cpu_ms")} for r in rows}
     report = dict(
         device=platform.processor() or platform.machine(), threads=1, torch=torch.__version__,
         transformers=transformers.__version__,
