@@ -102,14 +102,14 @@ def source_tensors(src_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
         yield from torch.load(path, map_location="cpu", weights_only=True, mmap=True).items()
 
 
-def rename(name: str, tensor: torch.Tensor, has_shared: bool) -> list[tuple[str, torch.Tensor]]:
+def rename(name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
     """One DeepSeekMoE weight -> its Qwen2-MoE weight(s); a shared down projection is doubled."""
     match = SHARED.match(name)
     if not match:
         return [(name, tensor)]  # embeddings, attention, norms, dense MLPs, router `mlp.gate`, routed experts
     prefix, proj = match.groups()
     out = [(f"{prefix}shared_expert.{proj}.weight", tensor * 2 if proj == "down_proj" else tensor)]
-    if proj == "down_proj" and has_shared:  # one zero gate per sparse layer: sigmoid(0) = 0.5 exactly
+    if proj == "down_proj":  # one zero gate per sparse layer: sigmoid(0) = 0.5 exactly
         out.append((f"{prefix}shared_expert_gate.weight", tensor.new_zeros(1, tensor.shape[0])))
     return out
 
@@ -120,7 +120,6 @@ def convert(src_dir: str | Path, dst_dir: str | Path, shard_bytes: int = 4 << 30
     src_dir, dst_dir = Path(src_dir), Path(dst_dir)
     source = json.loads((src_dir / "config.json").read_text())
     config = convert_config(source)
-    has_shared = config.shared_expert_intermediate_size > 0
     dst_dir.mkdir(parents=True, exist_ok=True)
     written: list[tuple[Path, list[str]]] = []  # (temporary shard file, its tensor names)
     shard: dict[str, torch.Tensor] = {}
@@ -132,7 +131,7 @@ def convert(src_dir: str | Path, dst_dir: str | Path, shard_bytes: int = 4 << 30
         written.append((path, list(shard)))
 
     for name, tensor in source_tensors(src_dir):
-        for new_name, new_tensor in rename(name, tensor, has_shared):
+        for new_name, new_tensor in rename(name, tensor):
             nbytes = new_tensor.numel() * new_tensor.element_size()
             if shard and size + nbytes > shard_bytes:
                 flush()
