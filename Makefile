@@ -53,7 +53,7 @@ demo: $(VENV)/.installed
 # GSM8K (1,319 items), greedy vs SCMoE (top-2 vs rank-2, beta 0.5) on Mixtral-8x7B; MODEL=/path/to/checkpoint.
 reproduce-gsm8k: $(VENV)/.installed
 	$(SCMOE) -m $(RUN_ARGS) task=gsm8k strategy=greedy,scmoe strategy.beta=0.5 strategy.weak.k=2
-	$(TABLE) $(RUNS) --paper --out $(TABLES)
+	$(TABLE) $(RUNS) --paper --out $(TABLES)/mixtral
 
 # Every Mixtral-8x7B experiment of the paper (Tables 1, 7, 8, 9, Fig.5) and its baselines; days of GPU time.
 # CD's amateur: AMATEUR=/path/to/Mistral-7B-v0.1 (same vocabulary as Mixtral).
@@ -86,7 +86,7 @@ reproduce-paper-deepseek: $(VENV)/.installed
 	$(SCMOE) -m $(DS_ARGS) task=$(ALL_TASKS) strategy=greedy
 	$(MAKE) paper-baselines MODEL_CONFIG=deepseek-moe-16b MODEL=$(DEEPSEEK)
 	$(SCMOE) experiment=paper-table4 $(DS_ARGS)
-	$(MAKE) paper-table
+	$(MAKE) paper-table PAPER_MODEL=deepseek
 
 BETAS ?= 0.1,0.3,0.5,0.7,0.9
 WEAK_KS ?= 1,2,3,4,5,6,7,8
@@ -103,8 +103,10 @@ sweep-alpha: $(VENV)/.installed
 	$(SCMOE) -m $(RUN_ARGS) task=$(TASK) strategy=scmoe strategy.alpha=$(ALPHAS)
 	$(TABLE) $(RUNS)
 
+# The paper's tables beside ours: PAPER_MODEL=mixtral (Tables 1, 8, 9, §4.3) or deepseek (Table 4).
+PAPER_MODEL ?= mixtral
 paper-table: $(VENV)/.installed
-	$(TABLE) $(RUNS) --paper --out $(TABLES)
+	$(TABLE) $(RUNS) --paper --paper-model $(PAPER_MODEL) --out $(TABLES)/$(PAPER_MODEL)
 
 clean:
 	rm -rf $(VENV) .cache results/demo

@@ -108,9 +108,15 @@ def table_main(argv: Optional[Sequence[str]] = None) -> None:
         _fail(err)
     if args.paper:
         kw = dict(mode=args.mode, ours_model=args.ours_model)
-        built["paper_table1"] = tables.paper_table1(runs, args.paper_model, **kw)
-        if args.paper_model == "mixtral":  # Tab.8 exists for Mixtral only
-            built["paper_beta_rank"] = tables.paper_beta_rank_table(runs, model=args.paper_model, **kw)
+        if args.paper_model == "deepseek":
+            built["paper_table4"] = tables.paper_table1(runs, "deepseek", **kw)
+        else:  # Tab.8, Tab.9 and §4.3 exist for Mixtral only
+            built["paper_table1"] = tables.paper_table1(runs, "mixtral", **kw)
+            built["paper_beta_rank"] = tables.paper_beta_rank_table(runs, model="mixtral", **kw)
+            built["paper_ideal_strong"] = tables.paper_ideal_strong_table(runs, model="mixtral", **kw)
+            built["paper_self_consistency"] = tables.paper_self_consistency_table(
+                runs, model="mixtral", ours_model=args.ours_model
+            )
     for name, frame in built.items():
         print(f"\n## {name}\n\n{tables.markdown(frame)}")
         if args.out is not None:

@@ -15,7 +15,7 @@ from scmoe_eval.plots import plot_beta_sweep, plot_topk
 from scmoe_eval.store import RunStore
 from scmoe_eval.tables import (
     DELTA, OURS, OURS_BEST, OURS_FIXED, PAPER, comparison_table, load_runs, method_label, paper_beta_rank_table,
-    paper_self_consistency_table, paper_table1, write_table,
+    paper_ideal_strong_table, paper_self_consistency_table, paper_table1, write_table,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -77,6 +77,9 @@ def runs_root(tmp_path_factory) -> Path:
              maj={"1": 0.60, "5": 0.67, "10": 0.72, "15": 0.74, "20": 0.7601})
     make_run(root, "gsm8k", 0.62, **scmoe(0.5, k=3, inner="scmoe-sample", **sc),
              maj={"1": 0.62, "5": 0.70, "10": 0.75, "15": 0.77, "20": 0.79})
+    make_run(root, "gsm8k", 0.69, **scmoe(0.3, strong={"kind": "topk", "k": 3}))  # Tab.9 (ideal strong)
+    make_run(root, "gsm8k", 0.66, **scmoe(0.3, strong={"kind": "topk", "k": 4}))  # a k the paper did not print for GSM8K
+    make_run(root, "gsm8k", 0.50, **scmoe(0.3, k=3, strong={"kind": "topk", "k": 3}))  # weak rank-3: not Tab.9
     (root / "unscored").mkdir()  # a run dir without metrics.json is not a run yet
     return root
 
@@ -186,7 +189,7 @@ def test_paper_data_matches_paper_md(shared_data):
 
 
 def test_load_runs_rows(runs):
-    assert len(runs) == 15
+    assert len(runs) == 18
     row = runs[(runs["method"] == "scmoe-b0.3-a0.1-weak-rank2")].iloc[0]
     assert row["task"] == "gsm8k" and row["family"] == "scmoe" and row["paper_model"] == "mixtral"
     assert row["official"] == pytest.approx(68.0) and row["strict"] == pytest.approx(67.0)
@@ -268,6 +271,29 @@ def test_paper_beta_rank_table(runs):
     assert pd.isna(t.loc[("GSM8K", 0.9, OURS), "rank8"]) and t.loc[("GSM8K", 0.9, PAPER), "rank8"] == 61.94
     every = paper_beta_rank_table(runs)
     assert len(every) == 4 * 5 * 3 and every.loc[("HumanEval", 0.1, PAPER), "rank5"] == 40.85
+
+
+def test_paper_ideal_strong_table(runs):
+    t = paper_ideal_strong_table(runs)
+    assert list(t.columns) == ["β=0.1", "β=0.3", "β=0.5", "β=0.7", "β=0.9", "ours n"]
+    assert t.loc[("GSM8K", 3, OURS), "β=0.3"] == 69.0 and t.loc[("GSM8K", 3, PAPER), "β=0.3"] == 68.92
+    assert t.loc[("GSM8K", 3, DELTA), "β=0.3"] == pytest.approx(0.08) and t.loc[("GSM8K", 3, OURS), "ours n"] == "1319"
+    assert t.loc[("GSM8K", 4, OURS), "β=0.3"] == 66.0 and pd.isna(t.loc[("GSM8K", 4, PAPER), "β=0.3"])
+    assert pd.isna(t.loc[("GSM8K", 3, OURS), "β=0.5"])
+    assert t.loc[("HumanEval", 4, PAPER), "β=0.9"] == 41.46 and ("HumanEval", 3, PAPER) not in t.index
+    assert len(paper_ideal_strong_table(runs, ours_model="nobody")) == 4 * 3  # the paper rows stay
+
+
+def test_table_cli_writes_every_paper_table(runs_root, tmp_path, capsys):
+    from scmoe_eval.cli import table_main
+
+    table_main([str(runs_root), "--paper", "--out", str(tmp_path / "mixtral")])
+    out = capsys.readouterr().out
+    for name in ("comparison", "paper_table1", "paper_beta_rank", "paper_ideal_strong", "paper_self_consistency"):
+        assert f"## {name}" in out and (tmp_path / "mixtral" / f"{name}.md").is_file(), name
+    table_main([str(runs_root / "deepseek"), "--paper", "--paper-model", "deepseek", "--out", str(tmp_path / "ds")])
+    out = capsys.readouterr().out
+    assert "## paper_table4" in out and "## paper_table1" not in out and "62.99" in out
 
 
 def test_paper_self_consistency_table(runs):
