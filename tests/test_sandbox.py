@@ -206,7 +206,9 @@ def test_order_preserved_and_hung_program_bounded() -> None:
 
 def test_timeout_excludes_interpreter_startup() -> None:
     (result,) = run_programs(["import time\ntime.sleep(0.2)\n"], timeout=0.6)
-    assert result.passed and 0.2 <= result.duration < 0.6
+    # The supervisor starts its clock when it reads the child's start marker, so a busy machine can
+    # make it start late: the lower bound only shows the sleep was timed, not the start-up.
+    assert result.passed and 0.1 <= result.duration < 0.6
 
 
 def test_memory_limit_applies() -> None:
