@@ -55,7 +55,7 @@ class StrategyConfig:
     top_p: float = 1.0
     top_k: int = 0
     ban_eos: Optional[bool] = None  # None: the strategy's paper default (SCMoE bans EOS)
-    two_pass: Optional[bool] = None  # SCMoE: None picks the faster mode for the device
+    two_pass: Optional[bool] = None  # SCMoE: None = batched rows, measured faster or level everywhere
     inner: str = "sample"  # self-consistency: the strategy sampled n times
     num_samples: int = 1
     amateur: Optional[str] = None  # cd: the amateur checkpoint (hub id or local dir), same vocabulary

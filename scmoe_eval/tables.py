@@ -347,7 +347,7 @@ def paper_table1(
             ours_value = float("nan") if best is None else round(float(best[mode]), 2)
             ours_setting = "" if best is None else _setting(method, best["hp"], model)
             if best is not None and best["n_items"] != paper.TASK_SIZES[task]:
-                ours_setting = ", ".join(filter(None, [ours_setting, f"n={best['n_items']}"]))
+                ours_setting = ", ".join(filter(None, [ours_setting, f"n={int(best['n_items'])}"]))
             ours_row |= {t: ours_value, f"{t} setting": ours_setting}
             paper_row |= {t: p_value, f"{t} setting": p_setting}
             delta_row |= {t: round(ours_value - p_value, 2), f"{t} setting": ""}

@@ -7,6 +7,7 @@ from scmoe_eval.scoring.answers import (
     math_equal,
     numbers_equal,
     official_gsm8k_answer,
+    paper_decode_cleanup,
     strict_gsm8k_answer,
 )
 
@@ -40,7 +41,7 @@ class GSM8K(AnswerTask):
         return ["\n\n"]
 
     def official(self, completion: str, gold: str) -> dict:
-        answer = official_gsm8k_answer(completion)
+        answer = official_gsm8k_answer(paper_decode_cleanup(completion))
         return verdict(answer, math_equal(gold, answer), answer == "")
 
     def strict(self, completion: str, gold: str) -> dict:

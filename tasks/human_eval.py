@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from scmoe_eval.config import TaskConfig
+from scmoe_eval.scoring.answers import paper_decode_cleanup
 
 from .base import TASKS, Item
 from .code import CodeTask, cut_example_usage, cut_fence, cut_main_guard
@@ -49,7 +50,7 @@ class HumanEval(CodeTask):
 
     def official_program(self, item: Item, completion: str) -> tuple[str, str]:
         """prompt + 4 spaces + cleaned body, then code_eval's "\\n" + ("\\n" + test + …)."""
-        code = item.prompt + "    " + paper_human_eval_clean(completion) + "\n"
+        code = item.prompt + "    " + paper_human_eval_clean(paper_decode_cleanup(completion)) + "\n"
         return code, code + "\n" + "\n" + item.gold["test"] + "\n" + check_call(item.gold)
 
     def strict_program(self, item: Item, completion: str) -> tuple[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from scmoe_eval.config import TaskConfig
+from scmoe_eval.scoring.answers import paper_decode_cleanup
 
 from .base import TASKS, Item
 from .benchmark import load_shots
@@ -64,7 +65,7 @@ class MBPP(CodeTask):
         return ["[DONE]", "\n\n"] if cfg.paper_stops else ["[DONE]"]
 
     def official_program(self, item: Item, completion: str) -> tuple[str, str]:
-        code = paper_mbpp_clean(completion)
+        code = paper_mbpp_clean(paper_decode_cleanup(completion))
         return code, code + "\n" + "\n".join(item.gold["test_list"])
 
     def strict_program(self, item: Item, completion: str) -> tuple[str, str]:

@@ -7,7 +7,7 @@ exemplars in the prompt (inferred from its counts; see docs/tasks.md).
 from __future__ import annotations
 
 from scmoe_eval.config import TaskConfig
-from scmoe_eval.scoring.answers import official_yes_no, strict_yes_no
+from scmoe_eval.scoring.answers import official_yes_no, paper_decode_cleanup, strict_yes_no
 
 from .base import TASKS, Item
 from .benchmark import AnswerTask, load_shots, qa_prompt, verdict
@@ -54,7 +54,7 @@ class StrategyQA(AnswerTask):
         return ["\n\n"]
 
     def official(self, completion: str, gold: str) -> dict:
-        answer, found = official_yes_no(completion)
+        answer, found = official_yes_no(paper_decode_cleanup(completion))
         return verdict(answer, answer == gold, not found)
 
     def strict(self, completion: str, gold: str) -> dict:

@@ -198,3 +198,20 @@ def test_code_scoring_both_modes(shared_data):
     assert good["strict"]["correct"] and good["strict"]["reason"] is None
     assert not bad["official"]["correct"] and not bad["strict"]["correct"]
     assert bad["strict"]["reason"].startswith("failed")
+
+
+def test_paper_decode_cleanup_is_transformers_clean_up_tokenization():
+    """The paper decoded with clean_up_tokenization_spaces=True; ours must equal transformers' own rewrite."""
+    import random
+
+    from transformers import PreTrainedTokenizerBase
+
+    from scmoe_eval.scoring.answers import paper_decode_cleanup
+
+    pieces = [" .", " ?", " !", " ,", " ' ", " n't", " 'm", " 's", " 've", " 're", "a", " ", "'", "x = ' '",
+              "\n", "def f():", " != ", "I 'm", "don 't"]
+    rng = random.Random(0)
+    for _ in range(500):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        assert paper_decode_cleanup(text) == PreTrainedTokenizerBase.clean_up_tokenization(None, text), text
+    assert paper_decode_cleanup("return ' '.join(x) if a != b else 'I 's'") == "return''.join(x) if a!= b else 'I's'"

@@ -13,6 +13,24 @@ import re
 from decimal import Decimal, InvalidOperation
 
 # ---------------------------------------------------------------------------
+# Every task, official (paper) mode: the decode clean-up
+# ---------------------------------------------------------------------------
+
+# The paper's generate.py decodes with `clean_up_tokenization_spaces=True` (transformers 4.40), so
+# every completion its scorers saw had these spacings rewritten, inside code and strings too
+# (`' '.join` became `''.join`). Stored completions are the plain decode; official scoring redoes this.
+_HF_CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+               (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
+def paper_decode_cleanup(completion: str) -> str:
+    """The text the paper's decode produced from the same tokens (HF `clean_up_tokenization`)."""
+    for old, new in _HF_CLEANUP:
+        completion = completion.replace(old, new)
+    return completion
+
+
+# ---------------------------------------------------------------------------
 # GSM8K, official (paper) mode
 # ---------------------------------------------------------------------------
 
