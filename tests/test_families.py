@@ -75,6 +75,27 @@ def test_detected_adapter_and_stock_equivalence(family, ids):
 
 
 @torch.no_grad()
+def test_topp_and_random_weights_follow_the_family_normalisation(family, ids):
+    """Dynamic (topp) and random-k weights renormalise exactly where the family's top-k does."""
+    name, _, hooked, ctl = family
+    scale = float(getattr(hooked.config, "routed_scaling_factor", 1.0)) if name.startswith("deepseek") else 1.0
+    with _capture(ctl.routers[:1]) as seen, ctl.use([P.topp(0.5), P.random(3, seed=0)] * 2):
+        hooked(ids)
+    logits, weights, index = seen[0]
+    S = ids.shape[1]
+    for t in range(logits.shape[0]):
+        _, gates = _reference_order(name, ctl.routers[0], logits[t])
+        picked = {e: w for e, w in zip(index[t].tolist(), weights[t].tolist()) if w != 0}
+        total = sum(picked.values()) / scale
+        if NORMALISES[name]:
+            assert total == pytest.approx(1.0, rel=1e-5), (name, t)
+        else:
+            assert total == pytest.approx(float(gates[list(picked)].sum()), rel=1e-5), (name, t)
+            assert total < 1.0 or (t // S) % 2 == 0
+    assert index.shape[1] == ctl.num_experts  # topp widens every row to E
+
+
+@torch.no_grad()
 def test_mixed_rows_equal_separate_runs(family, ids):
     name, _, hooked, ctl = family
     policies = [P.topk(ctl.default_k), P.rank(2), P.topp(0.5), P.default()]
@@ -255,7 +276,9 @@ def test_deepseek_moegate_adapter():
     assert torch.equal(idx[:5, :2].sort(-1).values, top2.indices.sort(-1).values)
     torch.testing.assert_close(w[:5, :2].sum(-1), top2.values.sum(-1))  # raw probabilities, not renormalised
     assert torch.equal(idx[5:10, 0], probs[5:10].argmax(-1)) and torch.equal(w[5:10, 0], torch.ones(5))
-    torch.testing.assert_close(w[10:].sum(-1), torch.ones(5))  # topp renormalises
+    kept = w[10:].sum(-1)  # topp keeps raw probabilities too (norm_topk_prob=false), as the paper's gate
+    assert bool((kept < 1).all()) and bool((kept > 0.5).all())
+    torch.testing.assert_close(kept, probs[10:].gather(1, idx[10:]).mul(w[10:] > 0).sum(-1))
     for row, policy in enumerate([P.topk(2), P.rank(1), P.topp(0.5)]):
         with ctl.use([policy]):
             torch.testing.assert_close(mixed[row : row + 1], model(x[row : row + 1]), rtol=0, atol=1e-5)

@@ -290,13 +290,13 @@ class RoutingController:
             before = torch.cat([torch.zeros_like(mass[:, :1]), mass.cumsum(dim=-1)[:, :-1]], dim=1)  # (T, E)
             keep = before <= policy.p  # prefix up to the first expert that takes the mass past p
             index = torch.where(keep, order, order[:, :1])
-            return index, self._finish(router, sorted_gates * keep, True)
+            return index, self._finish(router, sorted_gates * keep, adapter.normalize_topk(router, self.num_experts))
         # random: k experts uniformly without replacement, per token per layer
         noise = torch.rand(gates.shape, generator=self._generator(policy, gates.device), device=gates.device)
         index = noise.argsort(dim=-1)[:, : policy.k]  # (T, k)
         if policy.k == 1:
             return index, None
-        return index, self._finish(router, gates.gather(1, index), True)
+        return index, self._finish(router, gates.gather(1, index), adapter.normalize_topk(router, policy.k))
 
     def _finish(self, router: nn.Module, weights: torch.Tensor, normalize: bool) -> torch.Tensor:
         """Renormalise (family epsilon) and apply the family's routed scaling factor."""
