@@ -112,6 +112,16 @@ def test_compute_metrics_maj5_first_and_expected():
     assert part["maj@k_expected"]["1"] == pytest.approx(0.6)
 
 
+def test_numbers_vote_by_value():
+    """The paper's extraction yields "1,000" or "1000" for the same number: one vote, not two."""
+    answers = ["1,000", "999", "1000.0", "999", "1000"]  # by string "999" would win 2:1:1:1
+    scored = [_rec(0, s, a, a != "999") for s, a in enumerate(answers)]
+    part = compute_metrics(get_task("gsm8k"), scored, n_boot=10)["official"]
+    assert part["maj@k"]["5"] == 1.0 and part["maj@k_expected"]["5"] == 1.0
+    yes_no = [_rec(0, s, a, a == "yes") for s, a in enumerate(["yes", "no", "yes", "no", "no"])]
+    assert compute_metrics(get_task("strategy_qa"), yes_no, n_boot=10)["official"]["maj@k"]["5"] == 0.0
+
+
 def test_compute_metrics_code_task_pass_at_k():
     scored = []
     for item, n_ok in enumerate([0, 3, 10, 6]):

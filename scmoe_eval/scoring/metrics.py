@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import defaultdict
+from decimal import Decimal, InvalidOperation
 from math import comb
 from typing import TYPE_CHECKING, Hashable, Sequence
 
@@ -114,10 +115,17 @@ def group_samples(scored: list[dict]) -> dict[str, list[dict]]:
 
 
 def _vote_key(verdict: dict) -> Hashable | None:
-    """The extracted answer a sample votes for; unparseable samples do not vote."""
-    if verdict["unparseable"] and verdict["answer"] in (None, ""):
+    """The extracted answer a sample votes for; unparseable samples do not vote. Numbers vote by
+    value, so "1,000", "1000" and "1000.0" (which the paper's extraction can all produce) are one vote."""
+    answer = verdict["answer"]
+    if verdict["unparseable"] and answer in (None, ""):
         return None
-    return verdict["answer"]
+    if isinstance(answer, str):
+        try:
+            return str(Decimal(answer.replace(",", "")).normalize())
+        except InvalidOperation:
+            pass
+    return answer
 
 
 def mode_metrics(task_is_code: bool, primary: str, groups: list[list[dict]], mode: str,
