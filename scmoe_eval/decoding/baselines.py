@@ -167,9 +167,10 @@ def dola_scores(mature: Tensor, premature: Tensor, relative_top: float) -> tuple
 
     Per row, the premature candidate with the largest JS divergence from the mature distribution
     (first on ties); score = log p_mature - log p_premature where p_mature >= relative_top * max, else -inf.
+    Computed in the logits' dtype, as the paper's code (bf16 for its runs: coarse values, more ties).
     """
-    log_m = F.log_softmax(mature.float(), dim=-1)  # (R, V)
-    log_p = F.log_softmax(premature.float(), dim=-1)  # (C, R, V)
+    log_m = F.log_softmax(mature, dim=-1)  # (R, V)
+    log_p = F.log_softmax(premature, dim=-1)  # (C, R, V)
     chosen = js_divergence(log_m.expand_as(log_p), log_p).argmax(dim=0)  # (R,)
     log_pre = log_p[chosen, torch.arange(mature.shape[0], device=mature.device)]  # (R, V)
     cutoff = log_m.max(dim=-1, keepdim=True).values + math.log(relative_top)  # (R, 1)
@@ -213,10 +214,10 @@ class _DoLaScorer:
         self.seen: Tensor | None = None  # (R, V) bool: token occurs in the row's prompt or output
 
     def _score(self, out: Any) -> Tensor:
-        mature = self.stream.logits(out)  # (R, V)
         head = self.lm_head.weight.device
         hidden = torch.stack([out.hidden_states[layer][:, -1].to(head) for layer in self.candidates])  # (C, R, H)
-        premature = self.lm_head(hidden).float().to(self.device)  # (C, R, V)
+        premature = self.lm_head(hidden).to(self.device)  # (C, R, V) in the model dtype, as the paper's lm_head call
+        mature = self.stream.logits(out).to(premature.dtype)  # (R, V): the same lm_head values, exactly
         scores, _ = dola_scores(mature, premature, self.dola.relative_top)
         return ban_tokens(repetition_penalty(scores, self.seen, self.dola.penalty), self.ban)
 
