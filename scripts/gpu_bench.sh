@@ -2,7 +2,7 @@
 # One prepared GPU session for the decode benchmark (about 7 minutes on one H200, model builds included):
 #   1. every method with the engine's own decode-kernel choice, batch 1 and 8  -> $OUT/h200.json
 #   2-4. greedy vs batched SCMoE at batch 1 with the decode experts forced to
-#        grouped_mm, eager and dense_hit -> $OUT/h200_decode_<impl>.json
+#        grouped_mm, eager and dense_hit -> $OUT/h200_b1_<impl>.json (h200_decode_*.json hold older B1+B8 runs)
 # Why 2-4: at batch 1 `batched_mm` copies one expert per (row, slot), so batched SCMoE moves 4 expert
 # copies per layer against greedy's 2; the other three read each distinct expert once (<= 3 here).
 # If one brings scmoe_batched_over_greedy under 1.15, DecodeEngine._decode_kernels should pick it
@@ -22,5 +22,5 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 python3 scripts/bench_decode.py --device cuda --batch 1 8 --out "$OUT/h200.json"
 for impl in grouped_mm eager dense_hit; do
   python3 scripts/bench_decode.py --device cuda --batch 1 --methods greedy scmoe_batched \
-    --decode-experts "$impl" --out "$OUT/h200_decode_$impl.json"
+    --decode-experts "$impl" --out "$OUT/h200_b1_$impl.json"
 done
