@@ -108,5 +108,12 @@ PAPER_MODEL ?= mixtral
 paper-table: $(VENV)/.installed
 	$(TABLE) $(RUNS) --paper --paper-model $(PAPER_MODEL) --out $(TABLES)/$(PAPER_MODEL)
 
+# The CPU benchmarks behind results/bench/*.json (~10 min; the GPU one is scripts/gpu_bench.sh).
+bench: $(VENV)/.installed
+	OMP_NUM_THREADS=1 $(PY) scripts/bench_decode.py --rounds 5
+	$(PY) scripts/bench_dispatch.py
+	$(PY) scripts/bench_dispatch.py --experts dense_hit --out results/bench/dispatch_dense_hit.json
+	$(PY) scripts/bench_scoring.py
+
 clean:
 	rm -rf $(VENV) .cache results/demo
