@@ -154,16 +154,22 @@ def test_mbpp_failure_explanations_match_the_code(shared_data):
             assert expect, (group, task_id)
 
 
-@pytest.mark.slow
-def test_mbpp_reference_solutions_official_path(shared_data, monkeypatch):
+def _run_mbpp_references(shared_data, monkeypatch, build: str) -> dict:
+    """task_id -> ExecResult of every reference solution through `build` (official_/strict_program);
+    the time-dependent task is checked here and left out of the result."""
     monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
     task = get_task("mbpp")
     items = task.load(paper_cfg(shared_data, "mbpp"))
-    programs = [task.official_program(it, it.meta["code"])[1] for it in items]
-    results = run_programs(programs, timeout=3.0, num_workers=4)
-    outcome = {it.meta["task_id"]: r for it, r in zip(items, results)}
+    programs = [getattr(task, build)(it, it.meta["code"])[1] for it in items]
+    outcome = {it.meta["task_id"]: r for it, r in zip(items, run_programs(programs, timeout=3.0, num_workers=4))}
     slow = outcome.pop(MBPP_TIME_DEPENDENT)
     assert slow.passed or slow.status == "timeout"
+    return outcome
+
+
+@pytest.mark.slow
+def test_mbpp_reference_solutions_official_path(shared_data, monkeypatch):
+    outcome = _run_mbpp_references(shared_data, monkeypatch, "official_program")
     failed = {tid for tid, r in outcome.items() if not r.passed}
     expected = {tid for ids in MBPP_FAILURES.values() for tid in ids}
     assert failed == expected
@@ -176,11 +182,5 @@ def test_mbpp_reference_solutions_official_path(shared_data, monkeypatch):
 @pytest.mark.slow
 def test_mbpp_reference_solutions_strict_path(shared_data, monkeypatch):
     """Strict mode (imports kept, setup code run) passes every reference solution but the slow one."""
-    monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
-    task = get_task("mbpp")
-    items = task.load(paper_cfg(shared_data, "mbpp"))
-    programs = [task.strict_program(it, it.meta["code"])[1] for it in items]
-    outcome = {it.meta["task_id"]: r for it, r in zip(items, run_programs(programs, timeout=3.0, num_workers=4))}
-    slow = outcome.pop(MBPP_TIME_DEPENDENT)
-    assert slow.passed or slow.status == "timeout"
+    outcome = _run_mbpp_references(shared_data, monkeypatch, "strict_program")
     assert [tid for tid, r in outcome.items() if not r.passed] == [] and len(outcome) == 499
