@@ -1,0 +1,38 @@
+"""The benchmark scripts still run: scripts/gpu_bench.sh spends scarce device time, so a broken flag
+must fail here first. Tiny settings; the numbers are not looked at, only the JSON's shape."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("impl", ["dense_hit", "eager"])
+def test_bench_decode_runs_the_gpu_script_flags_on_cpu(tmp_path, impl):
+    out = tmp_path / "bench.json"
+    done = _run(["scripts/bench_decode.py", "--cpu-sizes", "tiny", "--batch", "1", "--rounds", "1", "--new-tokens",
+                 "4", "--methods", "greedy", "scmoe_batched", "--decode-experts", impl, "--out", str(out)], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["decode_experts"] == impl and {r["method"] for r in report["results"]} == {"greedy", "scmoe_batched"}
+    assert set(report["summary"]["tiny/B1"]) == {"scmoe_batched_over_greedy"}
+
+
+def test_gpu_bench_script_calls_only_existing_flags():
+    script = (ROOT / "scripts" / "gpu_bench.sh").read_text()
+    help_text = _run(["scripts/bench_decode.py", "--help"], ROOT).stdout
+    flags = {word for line in script.splitlines() if "bench_decode.py" in line or line.strip().startswith("--")
+             for word in line.split() if word.startswith("--")}
+    assert flags and all(flag in help_text for flag in flags), flags
