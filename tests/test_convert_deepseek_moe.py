@@ -136,7 +136,17 @@ def test_paper_deepseek_settings_run_on_the_converted_model(converted):
     out = engine.generate(["def add(a, b):", "12 + 30 ="], max_new_tokens=8, ban_eos=True,
                           contrast=Contrast(P.default(), P.topk(1), alpha=0.1, beta=0.5))
     assert [g.num_tokens for g in out] == [8, 8]
-    assert lm.controller.adapter.normalize_topk(lm.controller.routers[0], 1) is False
+    seen = []  # registered after the controller's hook: the selection the experts receive
+    handle = lm.controller.routers[0].register_forward_hook(lambda m, a, out: seen.append(out))
+    with lm.controller.use([P.topk(1)]):
+        lm.model(input_ids=torch.tensor([[1, 17, 99, 250]]))
+    handle.remove()
+    logits, weights, index = seen[0]
+    probs = logits.float().softmax(-1)  # (T, E)
+    top = probs.max(-1)
+    assert torch.equal(index[:, 0], top.indices)  # the top expert...
+    torch.testing.assert_close(weights[:, 0].float(), top.values)  # ...at its raw probability, not 1
+    assert bool((weights[:, 0] < 1).all()) and bool((weights[:, 1:] == 0).all())
 
 
 def test_config_without_an_equivalent_is_refused():

@@ -238,3 +238,27 @@ def test_routing_is_set_once_per_policy_change(engine: DecodeEngine, monkeypatch
     assert len(routed) == (2 * steps if two_pass else 1), len(routed)
     if not two_pass:
         assert tuple(routed[0]) == (SCMOE.strong, SCMOE.weak) * 2
+
+
+def test_decode_kernel_rule(tiny_mixtral) -> None:
+    """Off CPU, decode switches grouped_mm -> batched_mm only for <= E/2 expert slots per step, and
+    restores it afterwards; on CPU nothing switches; `decode_experts` forces one everywhere."""
+    model = tiny_mixtral.model
+    before = model.get_experts_implementation()
+    assert set(before.values()) == {"grouped_mm"} and tiny_mixtral.controller.num_experts == 8
+    gpu = DecodeEngine(tiny_mixtral)
+    gpu.device = torch.device("cuda")  # the rule only reads the device type; nothing runs there
+    pair = [RoutingPolicy.topk(2), RoutingPolicy.rank(2)]
+    cases = [(2, pair, "batched_mm"),  # batch-1 SCMoE: 2 rows x 2 slots = 4 = E/2
+             (4, pair, "grouped_mm"),  # batch-2 SCMoE: 8 slots
+             (1, [RoutingPolicy.topp(0.5)], "grouped_mm"),  # topp pads to all E
+             (2, [None], "batched_mm")]  # greedy, batch 2: 4 slots
+    for rows, policies, want in cases:
+        with gpu._decode_kernels(rows, policies):
+            assert set(model.get_experts_implementation().values()) == {want}, (rows, policies)
+        assert model.get_experts_implementation() == before
+    with DecodeEngine(tiny_mixtral)._decode_kernels(2, pair):  # CPU
+        assert model.get_experts_implementation() == before
+    with DecodeEngine(tiny_mixtral, decode_experts="eager")._decode_kernels(2, pair):
+        assert set(model.get_experts_implementation().values()) == {"eager"}
+    assert model.get_experts_implementation() == before

@@ -68,8 +68,15 @@ def test_decoding_with_dense_hit_equals_the_model_default(family):
     lm = load_model(ModelConfig(path=str(fixture_path(family)), dtype="float32", device="cpu"))
     scmoe = Contrast(P.topk(2), P.rank(2))
     stock, dense = DecodeEngine(lm), DecodeEngine(lm, decode_experts=experts.NAME)
+    used: list[str] = []  # the implementation each experts call ran under
+    blocks = [m for m in lm.model.modules() if type(m).__name__.endswith("Experts")]
+    handles = [b.register_forward_pre_hook(lambda m, a: used.append(m.config._experts_implementation)) for b in blocks]
     for kwargs in (dict(contrast=scmoe), dict(routing=P.topp(0.7)), dict()):
         want = [g.token_ids for g in stock.generate(PROMPTS, max_new_tokens=24, ban_eos=True, **kwargs)]
+        used.clear()
         got = [g.token_ids for g in dense.generate(PROMPTS, max_new_tokens=24, ban_eos=True, **kwargs)]
         assert got == want, (family, kwargs)
+        assert used.count(experts.NAME) >= 23 * len(blocks), (family, kwargs)  # every decode step ran dense_hit
+    for handle in handles:
+        handle.remove()
     assert experts.NAME not in lm.model.get_experts_implementation().values()  # decode-only switch restored

