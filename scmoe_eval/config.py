@@ -107,6 +107,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOGGERS = (None, "wandb")
 SCMOE_STRATEGIES = ("scmoe", "scmoe-sample")
 BASELINE_STRATEGIES = ("cd", "dola", "contrastive-search")  # stock routing, no routing policy to check
+SAMPLING_STRATEGIES = ("sample", "scmoe-sample", "self-consistency")  # the only ones where num_samples > 1 differ
 DOLA_BANDS = ("low", "high")
 
 
@@ -166,6 +167,9 @@ def validate(cfg: ExperimentConfig, num_experts: Optional[int] = None) -> None:
     _check(0 < s.top_p <= 1, "strategy.top_p", f"must be in (0, 1], got {s.top_p}")
     _check(s.top_k >= 0, "strategy.top_k", f"must be >= 0 (0 = off), got {s.top_k}")
     _check(s.num_samples >= 1, "strategy.num_samples", f"must be >= 1, got {s.num_samples}")
+    _check(s.num_samples == 1 or s.name in SAMPLING_STRATEGIES, "strategy.num_samples",
+           f"{s.name} is deterministic, so every sample would be the same; use 1, or one of "
+           f"{', '.join(sorted(SAMPLING_STRATEGIES))}")
     _check(s.inner != "self-consistency", "strategy.inner", "cannot itself be self-consistency")
     for key, policy in used_policies(s).items():
         _validate_policy(key, policy, num_experts)

@@ -120,12 +120,20 @@ def test_unknown_group_option_lists_valid_ones() -> None:
         (["strategy=dola", "strategy.repetition_penalty=0"], "strategy.repetition_penalty"),
         (["strategy=contrastive-search", "strategy.penalty_alpha=1.5"], "strategy.penalty_alpha"),
         (["strategy=contrastive-search", "strategy.top_k=0"], "strategy.top_k"),
+        (["strategy=greedy", "strategy.num_samples=3"], "strategy.num_samples"),
+        (["strategy=dola", "strategy.num_samples=2"], "strategy.num_samples"),
+        (["strategy=scmoe", "strategy.num_samples=2"], "strategy.num_samples"),
     ],
 )
 def test_bad_values_name_their_key(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         validate(load(*overrides))
     assert info.value.key == key and str(info.value).startswith(key)
+
+
+def test_sampling_strategies_take_many_samples() -> None:
+    for name in ("sample", "scmoe-sample", "self-consistency"):
+        validate(load(f"strategy={name}", "strategy.num_samples=4"))
 
 
 def test_k_beyond_experts_checked_only_for_policies_in_use() -> None:
