@@ -124,5 +124,7 @@ def table_main(argv: Optional[Sequence[str]] = None) -> None:
     if args.paper and args.out is not None:
         from scmoe_eval.plots import plot_beta_sweep, plot_topk
 
+        # the same runs the paper tables compare: the paper's checkpoint, or --ours-model
+        ours = runs[runs["model"] == args.ours_model] if args.ours_model else runs[runs["paper_model"] == args.paper_model]
         for plot, name in ((plot_beta_sweep, "beta_sweep"), (plot_topk, "topk")):
-            plot(runs, args.out / f"{name}.png", mode=args.mode, paper_model=args.paper_model)
+            plot(ours, args.out / f"{name}.png", mode=args.mode, paper_model=args.paper_model)

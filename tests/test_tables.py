@@ -291,6 +291,8 @@ def test_table_cli_writes_every_paper_table(runs_root, tmp_path, capsys):
     out = capsys.readouterr().out
     for name in ("comparison", "paper_table1", "paper_beta_rank", "paper_ideal_strong", "paper_self_consistency"):
         assert f"## {name}" in out and (tmp_path / "mixtral" / f"{name}.md").is_file(), name
+    for png in ("beta_sweep.png", "topk.png"):
+        assert (tmp_path / "mixtral" / png).read_bytes().startswith(PNG_MAGIC)
     table_main([str(runs_root / "deepseek"), "--paper", "--paper-model", "deepseek", "--out", str(tmp_path / "ds")])
     out = capsys.readouterr().out
     assert "## paper_table4" in out and "## paper_table1" not in out and "62.99" in out
