@@ -28,7 +28,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         count = write_prompts(args.task, cfg, args.out, limit=args.limit)
     except TaskDataError as err:
-        raise SystemExit(f"scmoe-eval-prompts: error: {err}") from None
+        message = str(err).replace("task.data_dir=", "--data-dir ").replace("task.path=", "--path ")  # this CLI's flags
+        raise SystemExit(f"scmoe-eval-prompts: error: {message}") from None
     print(f"wrote {count} prompts to {args.out}")
 
 

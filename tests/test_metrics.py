@@ -96,7 +96,8 @@ def test_compute_metrics_answer_task():
         part = m[mode]
         assert part["accuracy"] == pytest.approx((2 / 3 + 1 / 3) / 2)
         assert part["n_correct"] == 3 and part["n_unparseable"] == 1
-        assert set(part["maj@k"]) == {"1"}  # only k <= n_samples
+        assert set(part["maj@k"]) == {"1", "3"}  # the standard k <= n_samples, plus n itself
+        assert part["maj@k"]["3"] == 0.5  # item 0 votes 18 (right); item 1's 5 and 4 tie, 5 came first
         assert part["maj@k"]["1"] == 0.5  # first samples: 18 right, None wrong
         assert part["maj@k_expected"]["1"] == pytest.approx(part["accuracy"])
         assert part["ci95"][0] <= part["accuracy"] <= part["ci95"][1]

@@ -22,4 +22,4 @@ def test_dry_run_hub_failure_is_one_clear_line(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SystemExit) as exc:
         main(["gsm8k", str(tmp_path / "p.jsonl")])
-    assert "task.data_dir" in str(exc.value)
+    assert "--data-dir /path" in str(exc.value) and "task.data_dir" not in str(exc.value)  # this CLI's flag

@@ -114,6 +114,11 @@ def group_samples(scored: list[dict]) -> dict[str, list[dict]]:
     return dict(groups)
 
 
+def _ks(standard: Sequence[int], n_samples: int) -> list[int]:
+    """The standard k's up to n, plus n itself (a 3-sample run reports maj@3 / pass@3)."""
+    return sorted({k for k in standard if k <= n_samples} | {n_samples})
+
+
 def _vote_key(verdict: dict) -> Hashable | None:
     """The extracted answer a sample votes for; unparseable samples do not vote. Numbers vote by
     value, so "1,000", "1000" and "1000.0" (which the paper's extraction can all produce) are one vote."""
@@ -144,9 +149,9 @@ def mode_metrics(task_is_code: bool, primary: str, groups: list[list[dict]], mod
             out["pass@k"] = {
                 str(k): float(np.mean([pass_at_k(len(vs), sum(v["correct"] for v in vs), k)
                                        for vs in verdicts]))
-                for k in PASS_KS if k <= n_samples}
+                for k in _ks(PASS_KS, n_samples)}
         return out
-    ks = [k for k in MAJ_KS if k <= n_samples]
+    ks = _ks(MAJ_KS, n_samples)
     first, expected = {}, {}
     for k in ks:
         hits, means = [], []
