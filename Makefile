@@ -42,12 +42,13 @@ CODE_ARG = task.allow_code_execution=true
 BATCH ?= 1
 RUN_ARGS = $(MODEL_ARGS) $(DATA_ARG) $(CODE_ARG) run.batch_size=$(BATCH) run.output_dir=$(RUNS) $(EXTRA)
 
-# Whole pipeline on the tiny random Mixtral fixture, CPU only, nothing downloaded: 4 tasks x 3 items,
+# Whole pipeline on the tiny random Mixtral fixture, CPU only, offline: the first 3 items of the demo subset
+# shipped in the package (tasks/demo, task.demo=true) of 4 tasks,
 # greedy vs SCMoE, scored (the tiny model's code is executed in the sandbox), comparison table printed.
 DEMO_OUT ?= results/demo
 demo: $(VENV)/.installed
-	$(SCMOE) -m model=tiny-mixtral task=$(ALL_TASKS) strategy=greedy,scmoe run.limit=3 run.max_new_tokens=48 \
-		run.batch_size=3 run.output_dir=$(DEMO_OUT) $(DATA_ARG) $(CODE_ARG) hydra/launcher=local $(EXTRA)
+	$(SCMOE) -m model=tiny-mixtral task=$(ALL_TASKS) task.demo=true strategy=greedy,scmoe run.limit=3 run.max_new_tokens=48 \
+		run.batch_size=3 run.output_dir=$(DEMO_OUT) $(CODE_ARG) hydra/launcher=local $(EXTRA)
 	$(TABLE) $(DEMO_OUT)
 
 # GSM8K (1,319 items), greedy vs SCMoE (top-2 vs rank-2, beta 0.5) on Mixtral-8x7B; MODEL=/path/to/checkpoint.

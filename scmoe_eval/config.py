@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 
 @dataclass
@@ -30,7 +31,10 @@ class RoutingConfig:
 @dataclass
 class ModelConfig:
     name: str = "mixtral-8x7b"
-    path: str = "mistralai/Mixtral-8x7B-v0.1"  # hub id or local directory
+    # Hub id or local directory. Mandatory in the schema: a filled-in default would win over a
+    # group file's `path: ???` (OmegaConf keeps a set value when `???` is merged onto it), which
+    # silently turned `model=local` into Mixtral-8x7B; every conf/model/*.yaml sets its own.
+    path: str = MISSING
     revision: Optional[str] = None
     dtype: str = "bfloat16"  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -69,6 +73,7 @@ class StrategyConfig:
 class TaskConfig:
     name: str = "gsm8k"  # gsm8k | strategy_qa | mbpp | human_eval | prompts
     data_dir: Optional[str] = None  # paper JSONL layout (test.jsonl, ...) instead of the Hub
+    demo: bool = False  # the few items shipped in the package (tasks/demo/<task>): offline, never a score
     path: Optional[str] = None  # `prompts` task: a JSONL of {id, prompt}
     dataset: Optional[str] = None  # Hub dataset id (defaults per task)
     subset: Optional[str] = None
@@ -130,7 +135,11 @@ def register_configs() -> None:
 
 def to_experiment(cfg: DictConfig) -> ExperimentConfig:
     """The typed config; keys the schema lacks (added with `+key=...`) are an error, not dropped."""
-    experiment: ExperimentConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    try:
+        experiment: ExperimentConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except MissingMandatoryValue as err:
+        key = str(err.full_key or "?")
+        raise ConfigError(key, f"is required and was not given (add {key}=...)") from None
     given = OmegaConf.to_container(cfg, resolve=False)
     unknown = _unknown_keys(given, dataclasses.asdict(experiment))
     if unknown:
@@ -182,6 +191,12 @@ def validate(cfg: ExperimentConfig, num_experts: Optional[int] = None) -> None:
     _check(r.num_shards >= 1, "run.num_shards", f"must be >= 1, got {r.num_shards}")
     _check(0 <= r.shard < r.num_shards, "run.shard", f"must be in [0, {r.num_shards}), got {r.shard}")
     _check(cfg.task.timeout > 0, "task.timeout", f"must be > 0, got {cfg.task.timeout}")
+    _check(bool(cfg.model.path) and cfg.model.path != MISSING, "model.path",
+           "is required: model.path=/path/to/checkpoint (a local directory) or a Hub id")
+    _check(cfg.task.name != "prompts" or bool(cfg.task.path), "task.path",
+           "task=prompts needs task.path=/file.jsonl with one {\"id\", \"prompt\"} object per line")
+    _check(not (cfg.task.demo and cfg.task.data_dir), "task.demo",
+           "task.demo=true reads the shipped demo subset; drop it or task.data_dir, not both")
 
 
 def _validate_baseline(s: StrategyConfig) -> None:

@@ -61,6 +61,16 @@ def _hub_reachable_or_raise(model: ModelConfig) -> None:
         ) from None
 
 
+def check_local_path(model: ModelConfig) -> None:
+    """A local model.path that is not a checkpoint directory is named as such, before any GPU check."""
+    if _looks_local(model.path):
+        path = os.path.expanduser(model.path)
+        if not os.path.isdir(path):
+            raise ConfigError("model.path", f"{path!r} does not exist. {HUB_HINT}")
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ConfigError("model.path", f"{path!r} is not a checkpoint directory (no config.json). {HUB_HINT}")
+
+
 def read_model_config(model: ModelConfig) -> Any:
     """The checkpoint's transformers config (config.json only, never weights)."""
     from transformers import AutoConfig
@@ -128,7 +138,7 @@ def _load_items(task: Any, cfg: ExperimentConfig) -> list:
     try:
         items = task.load(cfg.task)
     except (FileNotFoundError, TaskDataError) as err:
-        key = "task.path" if cfg.task.path else "task.data_dir"
+        key = "task.path" if cfg.task.path or cfg.task.name == "prompts" else "task.demo" if cfg.task.demo else "task.data_dir"
         raise ConfigError(key, f"cannot load the {cfg.task.name} data: {err}") from None
     return items[: cfg.run.limit] if cfg.run.limit else items
 
@@ -187,6 +197,7 @@ def check(cfg: ExperimentConfig) -> Checked:
     _check_strategy(cfg)
     task = _check_task(cfg)  # the gate before the model; the items after it (they may be big)
     resolved = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=resolve_model_path(cfg.model)))
+    check_local_path(resolved.model)
     _check_gpu(resolved.model)
     model_config = read_model_config(resolved.model)
     experts = num_experts(model_config)

@@ -27,6 +27,11 @@ def load_shots(name: str) -> Any:
     return json.loads(text)
 
 
+def demo_dir(task_name: str) -> Path:
+    """The packaged demo subset of a task (tasks/demo/<task>: test.jsonl + input.jsonl, licences in README)."""
+    return Path(str(resources.files("scmoe_eval.tasks").joinpath("demo", task_name)))
+
+
 class BenchmarkTask(Task):
     """A fixed-size benchmark with a pinned Hub source and the paper's row layout."""
 
@@ -35,7 +40,9 @@ class BenchmarkTask(Task):
     fields: tuple[str, ...]  # keys every paper-layout row must have
 
     def load(self, cfg: TaskConfig) -> list[Item]:
-        if cfg.data_dir:
+        if cfg.demo:  # the shipped subset: whatever it holds, in the paper's layout
+            rows = read_jsonl(demo_dir(self.name) / "test.jsonl", self.fields)
+        elif cfg.data_dir:
             path = Path(cfg.data_dir) / "test.jsonl"
             rows = read_jsonl(path, self.fields)
             check_count(rows, self.n_items, str(path))

@@ -77,19 +77,18 @@ def test_negative_beta_exits_2_naming_the_key(tmp_path: Path) -> None:
     ],
 )
 def test_bad_input_fails_before_model_load(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_model_load: None, shared_data: Path,
-    overrides: list[str], key: str,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_model_load: None, overrides: list[str], key: str,
 ) -> None:
     monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
-    task = next((o.split("=")[1] for o in overrides if o.startswith("task=")), "gsm8k")
+    data = [] if any(o.startswith(("task.data_dir", "task=prompts")) for o in overrides) else ["task.demo=true"]
     with pytest.raises(ConfigError) as info:
-        run_config(tmp_path, "model=tiny-mixtral", f"task.data_dir={shared_data}/{task}", *overrides)
+        run_config(tmp_path, "model=tiny-mixtral", *data, *overrides)
     assert info.value.key == key
 
 
-def test_k_is_checked_against_the_checkpoint_config(tmp_path: Path, no_model_load: None, shared_data: Path) -> None:
+def test_k_is_checked_against_the_checkpoint_config(tmp_path: Path, no_model_load: None) -> None:
     with pytest.raises(ConfigError, match="rank-9 needs at least 9 experts; the model has 8"):
-        run_config(tmp_path, "model=tiny-mixtral", f"task.data_dir={shared_data}/gsm8k", "strategy=scmoe",
+        run_config(tmp_path, "model=tiny-mixtral", "task.demo=true", "strategy=scmoe",
                    "strategy.weak.k=9")
 
 
@@ -118,3 +117,24 @@ def test_reproduce_gsm8k_without_gpu_fails_fast_with_hints(tmp_path: Path) -> No
     assert proc.returncode != 0
     message = proc.stderr
     assert "model.require_gpu" in message and "MODEL=/path/to/checkpoint" in message and "make demo" in message
+
+
+@pytest.mark.parametrize("model", ["local", "deepseek-moe-16b"])
+def test_model_without_path_is_an_error_not_mixtral(tmp_path: Path, no_model_load: None, model: str) -> None:
+    """`path: ???` in the group file must survive the schema's merge (it used to become the Hub's Mixtral)."""
+    with pytest.raises(ConfigError, match="is required") as info:
+        run_config(tmp_path, f"model={model}", "task.demo=true")
+    assert info.value.key == "model.path"
+
+
+def test_prompts_without_path_names_task_path(tmp_path: Path, no_model_load: None) -> None:
+    with pytest.raises(ConfigError, match="task.path=/file.jsonl") as info:
+        run_config(tmp_path, "model=tiny-mixtral", "task=prompts")
+    assert info.value.key == "task.path"
+
+
+def test_missing_model_path_is_named_before_the_gpu_check(tmp_path: Path, no_model_load: None) -> None:
+    """mixtral-8x7b requires a GPU; a path that does not exist is still the first thing reported."""
+    with pytest.raises(ConfigError, match="'/ckpt/nonexistent' does not exist") as info:
+        run_config(tmp_path, "model=mixtral-8x7b", "model.path=/ckpt/nonexistent", "task.demo=true")
+    assert info.value.key == "model.path"

@@ -13,9 +13,9 @@ TASKS = ("gsm8k", "strategy_qa", "mbpp", "human_eval")
 
 
 @pytest.mark.slow
-def test_make_demo(tmp_path: Path, shared_data: Path) -> None:
+def test_make_demo(tmp_path: Path) -> None:
     proc = subprocess.run(
-        ["make", "-s", "demo", f"DEMO_OUT={tmp_path}", f"DATA_ROOT={shared_data}"],
+        ["make", "-s", "demo", f"DEMO_OUT={tmp_path}"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -96,3 +97,17 @@ def test_cli_builds_a_checkpoint(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "ds")
     config = json.loads((tmp_path / "ds" / "config.json").read_text())
     assert config["model_type"] == "deepseek_v3" and config["n_routed_experts"] == 8
+
+
+def test_fixture_cache_is_a_user_cache_never_the_install_dir(monkeypatch, tmp_path):
+    """After `pip install .` the package dir may be read-only site-packages: fixtures go to a user cache."""
+    import platformdirs
+
+    monkeypatch.delenv("SCMOE_FIXTURE_DIR", raising=False)
+    monkeypatch.delenv("SCMOE_CACHE", raising=False)
+    default = fixtures._cache_dir()
+    package = Path(fixtures.__file__).resolve().parents[1]
+    assert default == Path(platformdirs.user_cache_dir("scmoe-eval")) / "fixtures"
+    assert package not in default.resolve().parents and package.parent not in default.resolve().parents
+    monkeypatch.setenv("SCMOE_CACHE", str(tmp_path))
+    assert fixtures._cache_dir() == tmp_path / "fixtures"

@@ -21,9 +21,9 @@ SAMPLED = ["model=tiny-mixtral", "task=gsm8k", "strategy=self-consistency", "str
            "run.limit=5", "run.max_new_tokens=6"]
 
 
-def run(out: Path, shared_data: Path, *overrides: str) -> Path:
+def run(out: Path, *overrides: str) -> Path:
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        cfg = compose("config", overrides=[f"task.data_dir={shared_data}/gsm8k", f"run.output_dir={out}", *overrides])
+        cfg = compose("config", overrides=["task.demo=true", f"run.output_dir={out}", *overrides])
     return run_experiment(to_experiment(cfg))
 
 
@@ -39,8 +39,8 @@ def records(run_dir: Path) -> dict[tuple[int, int], dict]:
 
 
 @pytest.fixture(scope="module")
-def unsharded(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
-    return run(tmp_path_factory.mktemp("whole"), shared_data, *SAMPLED, "run.batch_size=3")
+def unsharded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return run(tmp_path_factory.mktemp("whole"), *SAMPLED, "run.batch_size=3")
 
 
 def test_item_seed_depends_only_on_run_seed_and_index() -> None:
@@ -77,10 +77,10 @@ def test_run_dir_holds_results_log_and_environment(unsharded: Path) -> None:
     assert "generated 5 items" in log and "metrics:" in log
 
 
-def test_shards_merge_to_the_unsharded_run(tmp_path: Path, shared_data: Path, unsharded: Path) -> None:
-    first = run(tmp_path, shared_data, *SAMPLED, "run.batch_size=1", "run.num_shards=2", "run.shard=1")
+def test_shards_merge_to_the_unsharded_run(tmp_path: Path, unsharded: Path) -> None:
+    first = run(tmp_path, *SAMPLED, "run.batch_size=1", "run.num_shards=2", "run.shard=1")
     assert not (first / "metrics.json").exists(), "scored before every shard was done"
-    second = run(tmp_path, shared_data, *SAMPLED, "run.batch_size=2", "run.num_shards=2", "run.shard=0")
+    second = run(tmp_path, *SAMPLED, "run.batch_size=2", "run.num_shards=2", "run.shard=0")
     assert first == second and second.name == unsharded.name
 
     ours, whole = records(second), records(unsharded)
@@ -103,10 +103,10 @@ def test_rescore_without_a_model(tmp_path: Path, unsharded: Path, monkeypatch: p
 
 
 def test_finished_run_is_not_generated_again(
-    unsharded: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+    unsharded: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(loading, "load_model", lambda *_: pytest.fail("a finished run loaded the model"))
-    again = run(unsharded.parent, shared_data, *SAMPLED, "run.batch_size=3")
+    again = run(unsharded.parent, *SAMPLED, "run.batch_size=3")
     assert again == unsharded and len(records(again)) == 10
     assert json.loads((again / "environment.json").read_text())["items_generated"] == 0
 

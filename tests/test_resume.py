@@ -16,9 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 LIMIT = 10
 
 
-def command(out: Path, shared_data: Path) -> list[str]:
+def command(out: Path) -> list[str]:
     return [
-        sys.executable, "-m", "scmoe_eval", "model=tiny-mixtral", "task=gsm8k", f"task.data_dir={shared_data}/gsm8k",
+        sys.executable, "-m", "scmoe_eval", "model=tiny-mixtral", "task=gsm8k", "task.demo=true",
         "strategy=scmoe", f"run.limit={LIMIT}", "run.max_new_tokens=24", "run.batch_size=1", f"run.output_dir={out}",
     ]
 
@@ -31,9 +31,9 @@ def lines(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume(tmp_path: Path, shared_data: Path) -> None:
+def test_sigkill_then_resume(tmp_path: Path) -> None:
     out = tmp_path / "runs"
-    proc = subprocess.Popen(command(out, shared_data), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
         run_dir = None
@@ -50,7 +50,7 @@ def test_sigkill_then_resume(tmp_path: Path, shared_data: Path) -> None:
     before = lines(run_dir)
     assert 3 <= len(before) < LIMIT
 
-    resumed = subprocess.run(command(out, shared_data), cwd=REPO, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(command(out), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     after = lines(run_dir)
     keys = [(r["index"], r["sample"]) for r in after]
@@ -60,7 +60,7 @@ def test_sigkill_then_resume(tmp_path: Path, shared_data: Path) -> None:
     env = json.loads((run_dir / "environment.json").read_text())
     assert env["items_generated"] == LIMIT - len(before)
 
-    clean = subprocess.run(command(tmp_path / "clean", shared_data), cwd=REPO, capture_output=True, timeout=600)
+    clean = subprocess.run(command(tmp_path / "clean"), cwd=REPO, capture_output=True, timeout=600)
     assert clean.returncode == 0
     reference = {r["index"]: r["token_ids"] for r in lines(next((tmp_path / "clean").glob("gsm8k__*")))}
     assert {r["index"]: r["token_ids"] for r in after} == reference

@@ -34,11 +34,11 @@ def test_slurm_launcher_two_nodes_config() -> None:
 
 
 @pytest.mark.slow
-def test_sharded_multirun_with_submitit_local(tmp_path: Path, shared_data: Path) -> None:
+def test_sharded_multirun_with_submitit_local(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable, "-m", "scmoe_eval", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
-            "model=tiny-mixtral", "task=gsm8k", f"task.data_dir={shared_data}/gsm8k", "strategy=scmoe",
+            "model=tiny-mixtral", "task=gsm8k", "task.demo=true", "strategy=scmoe",
             "run.limit=4", "run.max_new_tokens=8", "run.num_shards=2", "run.shard=0,1", f"run.output_dir={tmp_path}",
         ],
         cwd=REPO, capture_output=True, text=True, timeout=600,

@@ -8,13 +8,14 @@ import pytest
 
 from scmoe_eval.config import TaskConfig
 from scmoe_eval.tasks import get_task
+from scmoe_eval.tasks.benchmark import demo_dir
 from scmoe_eval.tasks.gsm8k import gold_from_solution
 from scmoe_eval.tasks.source import TaskDataError
 from scmoe_eval.tasks.strategy_qa import derive_paper_rows, exemplar_questions
 
 
 def copy_lines(src, dst_dir, edit=None):
-    """The paper's test.jsonl copied to tmp, optionally with lines edited or dropped."""
+    """A paper-layout test.jsonl copied to tmp, optionally with lines edited or dropped."""
     lines = src.read_text("utf-8").splitlines(keepends=True)
     if edit:
         lines = edit(lines)
@@ -23,29 +24,29 @@ def copy_lines(src, dst_dir, edit=None):
     return TaskConfig(data_dir=str(dst_dir))
 
 
-def test_malformed_line_names_file_and_line(shared_data, tmp_path):
+def test_malformed_line_names_file_and_line(tmp_path):
     def corrupt(lines):
-        lines[41] = lines[41][:30] + "\n"
+        lines[3] = lines[3][:30] + "\n"
         return lines
-    cfg = copy_lines(shared_data / "human_eval" / "test.jsonl", tmp_path, corrupt)
-    with pytest.raises(TaskDataError, match=r"test\.jsonl:42: malformed JSON"):
+    cfg = copy_lines(demo_dir("human_eval") / "test.jsonl", tmp_path, corrupt)
+    with pytest.raises(TaskDataError, match=r"test\.jsonl:4: malformed JSON"):
         get_task("human_eval").load(cfg)
 
 
-def test_missing_field_names_file_and_line(shared_data, tmp_path):
+def test_missing_field_names_file_and_line(tmp_path):
     def drop_label(lines):
         row = json.loads(lines[6])
         del row["label"]
         lines[6] = json.dumps(row) + "\n"
         return lines
-    cfg = copy_lines(shared_data / "gsm8k" / "test.jsonl", tmp_path, drop_label)
+    cfg = copy_lines(demo_dir("gsm8k") / "test.jsonl", tmp_path, drop_label)
     with pytest.raises(TaskDataError, match=r"test\.jsonl:7: missing field\(s\) \['label'\]"):
         get_task("gsm8k").load(cfg)
 
 
-def test_wrong_count_names_file(shared_data, tmp_path):
-    cfg = copy_lines(shared_data / "mbpp" / "test.jsonl", tmp_path, lambda lines: lines[:-1])
-    with pytest.raises(TaskDataError, match=r"test\.jsonl: expected 500 items, found 499"):
+def test_wrong_count_names_file(tmp_path):
+    cfg = copy_lines(demo_dir("mbpp") / "test.jsonl", tmp_path, lambda lines: lines[:-1])
+    with pytest.raises(TaskDataError, match=r"test\.jsonl: expected 500 items, found 4"):
         get_task("mbpp").load(cfg)
 
 

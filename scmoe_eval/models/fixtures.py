@@ -28,7 +28,6 @@ SIZES: tuple[str, ...] = ("tiny", "mid")
 FIXTURE_VERSION = 1  # bump when the recipe changes so stale caches are not reused
 VOCAB_SIZE = 512
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2
-REPO = Path(__file__).resolve().parents[2]
 
 _CORPUS: tuple[str, ...] = (
     "Question: There are 15 trees in the grove. Grove workers will plant trees today. After they are done, "
@@ -170,8 +169,15 @@ def build_tiny_checkpoint(
     return out_dir
 
 
+def user_cache_dir() -> Path:
+    """`$SCMOE_CACHE`, else the platform's per-user cache (~/.cache/scmoe-eval on Linux): never the install dir."""
+    import platformdirs
+
+    return Path(os.environ.get("SCMOE_CACHE") or platformdirs.user_cache_dir("scmoe-eval"))
+
+
 def _cache_dir() -> Path:
-    return Path(os.environ.get("SCMOE_FIXTURE_DIR") or REPO / ".cache" / "fixtures")
+    return Path(os.environ.get("SCMOE_FIXTURE_DIR") or user_cache_dir() / "fixtures")
 
 
 def _recipe_digest(family: str, size: str) -> str:
