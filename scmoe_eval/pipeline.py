@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from scmoe_eval.config import ConfigError, ExperimentConfig, used_policies
 from scmoe_eval.preflight import Checked, check, check_task
-from scmoe_eval.store import RunStore
+from scmoe_eval.identity import local_paths, run_identity
+from scmoe_eval.store import IDENTITY_KEY, RunStore
 from scmoe_eval.tracking import Tracker, build_tracker
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ def run_log(path: Path) -> Iterator[None]:
 def run_experiment(cfg: ExperimentConfig) -> Path:
     """Check, generate what is missing, then score if the run is complete. Returns the run dir."""
     checked = check(cfg)
-    cfg_dict = dataclasses.asdict(cfg)  # unresolved model.path: "fixture:mixtral" is portable
+    cfg_dict = dataclasses.asdict(cfg)  # as given; the hash uses the identity block, not the paths
+    cfg_dict[IDENTITY_KEY] = run_identity(checked)
     store = RunStore(Path(cfg.run.output_dir), cfg_dict)
     with run_log(store.path / "run.log"):
         log.info("run dir %s (shard %d of %d)", store.path, cfg.run.shard, cfg.run.num_shards)
@@ -64,7 +66,8 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
         tracker = build_tracker(cfg.logger, store.path, cfg_dict)
         try:
             metrics = score_store(store, checked.task, checked.items, checked.cfg, tracker)
-            store.write_environment({**stats, "num_experts": checked.num_experts, "scored": metrics is not None})
+            store.write_environment({**stats, "num_experts": checked.num_experts, "scored": metrics is not None,
+                                     "local_paths": local_paths(cfg, checked)})
             if metrics is not None and cfg.logger is not None:
                 _log_comparison(tracker, Path(cfg.run.output_dir))
         finally:

