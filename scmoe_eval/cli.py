@@ -50,9 +50,16 @@ def _app(cfg: DictConfig) -> None:
     print(run_dir)
 
 
+EXIT_INTERRUPTED = 130
+
+
 def main() -> None:
     """`scmoe-eval [overrides...]`: Hydra parses argv (use -m for sweeps, --help for groups)."""
-    _app()
+    try:
+        _app()
+    except KeyboardInterrupt as err:  # one line, no traceback: what was saved and how to resume
+        print(f"scmoe-eval: {err or 'interrupted before any item was generated'}", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
 
 
 def _load_run_config(run_dir: Path, overrides: Sequence[str]) -> ExperimentConfig:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from scmoe_eval.config import ConfigError, ExperimentConfig, used_policies
 from scmoe_eval.preflight import Checked, check, check_task
 from scmoe_eval.identity import local_paths, run_identity
+from scmoe_eval.runlock import RunLock
 from scmoe_eval.store import IDENTITY_KEY, RunStore
 from scmoe_eval.tracking import Tracker, build_tracker
 
@@ -60,9 +61,12 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
     cfg_dict = dataclasses.asdict(cfg)  # as given; the hash uses the identity block, not the paths
     cfg_dict[IDENTITY_KEY] = run_identity(checked)
     store = RunStore(Path(cfg.run.output_dir), cfg_dict)
-    with run_log(store.path / "run.log"):
+    with run_log(store.path / "run.log"), RunLock(store.lock_path(cfg.run.shard, cfg.run.num_shards)):
         log.info("run dir %s (shard %d of %d)", store.path, cfg.run.shard, cfg.run.num_shards)
-        stats = generate(checked, store)
+        try:
+            stats = generate(checked, store)
+        except KeyboardInterrupt:
+            raise RunInterrupted(store, checked) from None
         tracker = build_tracker(cfg.logger, store.path, cfg_dict)
         try:
             metrics = score_store(store, checked.task, checked.items, checked.cfg, tracker)
@@ -73,6 +77,25 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
         finally:
             tracker.finish()
     return store.path
+
+
+def _items_done(store: RunStore, checked: Checked) -> tuple[int, int]:
+    """(items of this shard with every sample saved, items of this shard)."""
+    run = checked.cfg.run
+    done = store.done_keys(run.shard, run.num_shards)
+    mine = shard_items(checked.items, run.shard, run.num_shards)
+    samples = checked.cfg.strategy.num_samples
+    return sum(all((it.index, j) in done for j in range(samples)) for it in mine), len(mine)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C while generating: says in one line what is saved and how to resume."""
+
+    def __init__(self, store: RunStore, checked: Checked) -> None:
+        done, total = _items_done(store, checked)
+        super().__init__(
+            f"interrupted: {done}/{total} items saved in {store.path}; run the same command again to resume"
+        )
 
 
 def _log_comparison(tracker: Tracker, root: Path) -> None:
@@ -97,6 +120,8 @@ def generate(checked: Checked, store: RunStore) -> dict[str, Any]:
     mine = shard_items(checked.items, run.shard, run.num_shards)
     todo = [it for it in mine if any((it.index, j) not in done for j in range(strategy.num_samples))]
     stats: dict[str, Any] = {"items_total": len(mine), "items_generated": len(todo), "batch_size": run.batch_size}
+    if done and todo:
+        log.info("resuming: %d/%d items done", len(mine) - len(todo), len(mine))
     if not todo:
         log.info("all %d items of this shard already generated", len(mine))
         return stats

@@ -7,6 +7,7 @@ Layout of ``root / run_name(cfg)``::
     generations.jsonl             unsharded generation records, appended one fsync'd batch at a time
     shards/generations-<i>-of-<n>.jsonl   one file per shard, so no two processes append to one file
     scored.jsonl, metrics.json    written atomically (tmp file + os.replace)
+    run.lock, shards/*.lock       held while a process generates (scmoe_eval/runlock.py)
     environment.json              versions, device, git commit, seeds, batch size of the latest run
 
 Resume works at the (index, sample) key level and does not depend on how many shards or
@@ -277,6 +278,12 @@ class RunStore:
         if not 0 <= shard < num_shards:
             raise ValueError(f"run.shard={shard} must be in [0, run.num_shards={num_shards})")
         return self.path / "shards" / f"generations-{shard}-of-{num_shards}.jsonl"
+
+    def lock_path(self, shard: int = 0, num_shards: int = 1) -> Path:
+        """The lock of one shard's generation (scmoe_eval/runlock.py): shards of one run run in parallel."""
+        if num_shards == 1:
+            return self.path / "run.lock"
+        return self.generations_path(shard, num_shards).with_suffix(".lock")
 
     def _generation_files(self) -> list[Path]:
         """Unsharded file first, then shard files ordered by (num_shards, shard)."""
