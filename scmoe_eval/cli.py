@@ -56,6 +56,12 @@ EXIT_INTERRUPTED = 130
 def main() -> None:
     """`scmoe-eval [overrides...]`: Hydra parses argv (use -m for sweeps, --help for groups)."""
     try:
+        from scmoe_eval.sweep import check_sweep
+
+        check_sweep(sys.argv[1:], CONFIG_DIR)  # a multirun: every job's config before the first job runs
+    except ConfigError as err:
+        _fail(err)
+    try:
         _app()
     except KeyboardInterrupt as err:  # one line, no traceback: what was saved and how to resume
         print(f"scmoe-eval: {err or 'interrupted before any item was generated'}", file=sys.stderr)

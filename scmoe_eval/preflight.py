@@ -7,9 +7,10 @@ and every failure is a `ConfigError` that names the key to change.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Optional
 
 from scmoe_eval.config import ConfigError, ExperimentConfig, ModelConfig, validate
 
@@ -191,22 +192,47 @@ def _check_dola_layers(cfg: ExperimentConfig, model_config: Any) -> None:
         raise ConfigError("strategy.dola_layers", str(err).removeprefix("strategy.dola_layers: ")) from None
 
 
-def check(cfg: ExperimentConfig) -> Checked:
-    """Every check, cheapest first; returns what the run needs next. Raises ConfigError."""
+def _once(memo: Optional[dict], key: Any, fn: Callable[[], Any]) -> Any:
+    """fn() or, within one sweep check (`memo` given), the result or ConfigError it gave before."""
+    if memo is None:
+        return fn()
+    key = json.dumps(key, sort_keys=True, default=str)
+    if key not in memo:
+        try:
+            memo[key] = (fn(), None)
+        except ConfigError as err:
+            memo[key] = (None, err)
+    value, err = memo[key]
+    if err is not None:
+        raise err
+    return value
+
+
+def check(cfg: ExperimentConfig, memo: Optional[dict] = None, *, gpu: bool = True) -> Checked:
+    """Every check, cheapest first; returns what the run needs next. Raises ConfigError.
+
+    `memo` (a dict shared by the jobs of one sweep) reads each model config and data set once;
+    `gpu=False` skips the GPU check (jobs that run on other machines, e.g. SLURM nodes).
+    """
     validate(cfg)
     _check_strategy(cfg)
     task = _check_task(cfg)  # the gate before the model; the items after it (they may be big)
-    resolved = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=resolve_model_path(cfg.model)))
+    model = dataclasses.asdict(cfg.model)
+    resolved = dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, path=_once(memo, ("path", model), lambda: resolve_model_path(cfg.model)))
+    )
     check_local_path(resolved.model)
-    _check_gpu(resolved.model)
-    model_config = read_model_config(resolved.model)
+    if gpu:
+        _check_gpu(resolved.model)
+    model_config = _once(memo, ("config", model), lambda: read_model_config(resolved.model))
     experts = num_experts(model_config)
     if cfg.strategy.name == "cd":
-        amateur = _check_amateur(resolved, model_config)
+        amateur = _once(memo, ("amateur", model, cfg.strategy.amateur), lambda: _check_amateur(resolved, model_config))
         resolved = dataclasses.replace(resolved, strategy=dataclasses.replace(resolved.strategy, amateur=amateur))
     if cfg.strategy.name == "dola":
         _check_dola_layers(resolved, model_config)
     validate(resolved, num_experts=experts)
-    items = _load_items(task, resolved)
+    data_key = ("items", dataclasses.asdict(cfg.task), cfg.run.limit)
+    items = _once(memo, data_key, lambda: _load_items(task, resolved))
     return Checked(cfg=resolved, task=task, items=items, num_experts=experts)
 
