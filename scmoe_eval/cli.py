@@ -87,7 +87,12 @@ def score_main(argv: Optional[Sequence[str]] = None) -> None:
             metrics = rescore(run_dir, _load_run_config(run_dir, overrides))
         except ConfigError as err:
             _fail(err)
-        print(f"{run_dir}: {metrics}")
+        if metrics is None:
+            print(f"{run_dir}: not scored yet (records missing; see the log above)")
+        else:
+            from scmoe_eval.report import summary_table
+
+            print(f"{run_dir}\n{summary_table(metrics)}")
 
 
 TABLE_FORMATS = ("md", "csv", "latex", "json")

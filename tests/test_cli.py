@@ -59,6 +59,7 @@ def test_negative_beta_exits_2_naming_the_key(tmp_path: Path) -> None:
     proc = cli("model=tiny-mixtral", "strategy=scmoe", "strategy.beta=-1", out=tmp_path)
     assert proc.returncode == EXIT_BAD_CONFIG
     assert proc.stderr.strip().splitlines()[-1] == "scmoe-eval: error: strategy.beta: must be >= 0, got -1.0"
+    assert not any(tmp_path.iterdir())  # a single run leaves no _hydra/runs/<time>/ folder behind
 
 
 @pytest.mark.parametrize(
