@@ -18,6 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from scmoe_eval import catalog
 from scmoe_eval.config import ConfigError, ExperimentConfig, register_configs, to_experiment
 
 
@@ -33,6 +34,8 @@ EXIT_BAD_CONFIG = 2
 log = logging.getLogger("scmoe_eval")
 
 register_configs()
+# `${scmoe_groups:}` in conf/config.yaml's help template: the group options without the base_* schemas
+OmegaConf.register_new_resolver("scmoe_groups", lambda: catalog.groups_help(CONFIG_DIR), replace=True)
 
 
 def _fail(err: Exception) -> None:
@@ -47,14 +50,29 @@ def _app(cfg: DictConfig) -> None:
     from scmoe_eval.pipeline import run_experiment
 
     try:
+        _refuse_schema_choices()
         run_dir = run_experiment(to_experiment(cfg))
     except ConfigError as err:
         _fail(err)
     print(run_dir)
 
 
+def _refuse_schema_choices() -> None:
+    """`strategy=base_strategy` (any base_*) picks the bare schema, not an option: say so."""
+    from hydra.core.hydra_config import HydraConfig
+
+    for group, choice in HydraConfig.get().runtime.choices.items():
+        if isinstance(choice, str) and choice.startswith("base_") and group in catalog.GROUPS:
+            valid = ", ".join(catalog.options(CONFIG_DIR, group))
+            raise ConfigError(group, f"{choice} is the schema behind every {group} option, not an option; "
+                                     f"choose one of: {valid} (scmoe-eval --list)")
+
+
 def main() -> None:
-    """`scmoe-eval [overrides...]`: Hydra parses argv (use -m for sweeps, --help for groups)."""
+    """`scmoe-eval [overrides...]`: Hydra parses argv (use -m for sweeps, --help for groups, --list for options)."""
+    if "--list" in sys.argv[1:]:
+        print(catalog.listing(CONFIG_DIR))
+        return
     _app()
 
 

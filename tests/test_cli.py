@@ -119,3 +119,25 @@ def test_reproduce_gsm8k_without_gpu_fails_fast_with_hints(tmp_path: Path) -> No
     assert proc.returncode != 0
     message = proc.stderr
     assert "model.require_gpu" in message and "MODEL=/path/to/checkpoint" in message and "make demo" in message
+
+
+def test_list_names_every_option_once(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from scmoe_eval.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["scmoe-eval", "--list"])
+    main()
+    out = capsys.readouterr().out
+    for group in ("task", "strategy", "model", "experiment"):
+        for path in (Path(CONFIG_DIR) / group).glob("*.yaml"):
+            (line,) = [x for x in out.splitlines() if x.split()[:1] == [path.stem]]
+            assert len(line.split(None, 1)) == 2, f"{path.stem} has no description"
+    assert "base_" not in out and "  scmoe  " in out and "  paper-table1  " in out and "  tiny-mixtral  " in out
+
+
+def test_help_hides_schemas_and_a_schema_is_not_an_option(tmp_path: Path) -> None:
+    helped = cli("--help", out=tmp_path)
+    assert helped.returncode == 0 and "base_" not in helped.stdout
+    assert "strategy: cd, contrastive-search" in helped.stdout and "scmoe-eval --list" in helped.stdout
+    proc = cli("strategy=base_strategy", out=tmp_path)
+    assert proc.returncode == EXIT_BAD_CONFIG
+    assert proc.stderr.strip().splitlines()[-1].startswith("scmoe-eval: error: strategy: base_strategy is the schema")
