@@ -225,13 +225,14 @@ def table_main(argv: Optional[Sequence[str]] = None) -> None:
                    for name, frame in built.items()}
         plots: list[str] = []
         if args.paper:
-            from scmoe_eval.plots import plot_beta_sweep, plot_topk
+            from scmoe_eval.plots import plot_alpha_sweep, plot_beta_sweep, plot_topk
 
             # the same runs the paper tables compare: the paper's checkpoint, or --ours-model
             ours = used[used["model"] == args.ours_model] if args.ours_model else used[used["paper_model"] == args.paper_model]
-            for plot, name in ((plot_beta_sweep, "beta_sweep"), (plot_topk, "topk")):
-                png = plot(ours, args.out / f"{name}.png", mode=args.mode, paper_model=args.paper_model)
-                plots += [str(png)] if png is not None else []
+            pngs = [plot(ours, args.out / f"{name}.png", mode=args.mode, paper_model=args.paper_model)
+                    for plot, name in ((plot_beta_sweep, "beta_sweep"), (plot_topk, "topk"))]
+            pngs.append(plot_alpha_sweep(ours, args.out / "alpha_sweep.png", mode=args.mode))
+            plots = [str(png) for png in pngs if png is not None]
         summary = {
             "roots": [str(r) for r in args.roots], "mode": args.mode,
             "filters": {c: getattr(args, c) for c in ("task", "model", "method") if getattr(args, c)},

@@ -13,7 +13,7 @@ import pytest
 
 from scmoe_eval import paper
 from scmoe_eval.config import ExperimentConfig
-from scmoe_eval.plots import plot_beta_sweep, plot_topk
+from scmoe_eval.plots import plot_alpha_sweep, plot_beta_sweep, plot_topk
 from scmoe_eval.store import RunStore
 from scmoe_eval.tables import (
     DELTA, OURS, OURS_BEST, OURS_FIXED, PAPER, comparison_detail, comparison_table, load_runs, method_label,
@@ -452,3 +452,40 @@ def test_table_cli_unwritable_out_is_one_line(reruns, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1
     assert err.startswith("scmoe-eval-table: error: --out") and "cannot write" in err
+
+
+@pytest.fixture
+def figures(monkeypatch) -> list:
+    """The matplotlib Figures the plot functions would save (savefig captured, nothing written)."""
+    from matplotlib.figure import Figure
+
+    captured: list = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: captured.append(self))
+    return captured
+
+
+def test_beta_sweep_plot_lines_colours_legend_axes(tmp_path, figures):
+    root = tmp_path / "sweep"
+    weak = [("rank", k) for k in range(1, 9)] + [("random", 1)]
+    for i, (kind, k) in enumerate(weak):
+        for beta in paper.BETAS:
+            make_run(root, "gsm8k", 0.0, model="tiny-mixtral", path="fixture:mixtral", **scmoe(beta, k=k, kind=kind))
+    for alpha in (0.01, 0.5, 1.0):  # an α sweep at β=0.5: kept out of the β plot
+        make_run(root, "gsm8k", 0.0, model="tiny-mixtral", path="fixture:mixtral", **scmoe(0.5, alpha=alpha))
+    runs = load_runs(root)
+    assert plot_beta_sweep(runs, tmp_path / "beta.png", paper_model="mixtral") is not None
+    (fig,) = figures
+    (ax,) = fig.axes
+    ours = [line for line in ax.lines if line.get_linestyle() == "-"]
+    dashed = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert [line.get_label() for line in ours] == [f"rank-{k}" for k in range(1, 9)] + ["random-1"]
+    assert len({line.get_color() for line in ours}) == 9  # one colour each
+    assert all(len(line.get_xdata()) == 5 for line in ours)  # the α-sweep points joined no line
+    # the paper's Tab.8 curves, although the runs are of the tiny model, each in its line's colour
+    assert len(dashed) == 9 and {d.get_color() for d in dashed} == {line.get_color() for line in ours}
+    assert ax.get_legend() is None and len(fig.legends) == 1  # legend outside the panel
+    assert ax.get_ylim()[0] == 0  # 0% accuracy everywhere: the axis starts at 0, not below
+    assert plot_alpha_sweep(runs, tmp_path / "alpha.png") is not None
+    (line,) = [line for line in figures[1].axes[0].lines if line.get_linestyle() == "-"]
+    assert line.get_label() == "rank-2, β=0.5" and list(line.get_xdata()) == [0.01, 0.1, 0.5, 1.0]
+    assert plot_alpha_sweep(runs[runs["alpha"] == 0.1], tmp_path / "none.png") is None
