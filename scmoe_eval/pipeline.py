@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -16,13 +17,14 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from scmoe_eval.config import ConfigError, ExperimentConfig, used_policies
 from scmoe_eval.preflight import Checked, check, check_task
 from scmoe_eval.identity import local_paths, run_identity
+from scmoe_eval.report import Progress, quiet_library_bars, summary_table
 from scmoe_eval.runlock import RunLock
 from scmoe_eval.store import IDENTITY_KEY, RunStore
+from scmoe_eval.threads import default_threads
 from scmoe_eval.tracking import Tracker, build_tracker
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ def run_log(path: Path) -> Iterator[None]:
 def run_experiment(cfg: ExperimentConfig) -> Path:
     """Check, generate what is missing, then score if the run is complete. Returns the run dir."""
     checked = check(cfg)
+    quiet_library_bars()
     cfg_dict = dataclasses.asdict(cfg)  # as given; the hash uses the identity block, not the paths
     cfg_dict[IDENTITY_KEY] = run_identity(checked)
     store = RunStore(Path(cfg.run.output_dir), cfg_dict)
@@ -72,6 +75,8 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
             metrics = score_store(store, checked.task, checked.items, checked.cfg, tracker)
             store.write_environment({**stats, "num_experts": checked.num_experts, "scored": metrics is not None,
                                      "local_paths": local_paths(cfg, checked)})
+            if metrics is not None:
+                log.info("results (%s):\n%s", store.path / "metrics.json", summary_table(metrics, stats))
             if metrics is not None and cfg.logger is not None:
                 _log_comparison(tracker, Path(cfg.run.output_dir))
         finally:
@@ -100,10 +105,10 @@ class RunInterrupted(KeyboardInterrupt):
 
 def _log_comparison(tracker: Tracker, root: Path) -> None:
     """Every scored run under the output root, methods x tasks (what `scmoe-eval-table` prints)."""
-    from scmoe_eval.tables import comparison_table, load_runs
+    from scmoe_eval.tables import comparison_table, load_runs, pick_runs
 
     try:
-        table = comparison_table(load_runs(root), index=["model", "method"])
+        table = comparison_table(pick_runs(load_runs(root))[0], index=["model", "method"])
     except ValueError as err:  # two runs in one cell (e.g. different run.limit): no single table
         log.warning("comparison table not logged: %s", err)
         return
@@ -126,6 +131,7 @@ def generate(checked: Checked, store: RunStore) -> dict[str, Any]:
         log.info("all %d items of this shard already generated", len(mine))
         return stats
 
+    stats |= _cpu_threads(cfg.model.device)
     engine, tokenizer = _engine(checked)
     if cfg.strategy.name == "cd":
         strategy = _with_amateur(strategy, checked)
@@ -133,7 +139,7 @@ def generate(checked: Checked, store: RunStore) -> dict[str, Any]:
     todo.sort(key=lambda it: (-lengths[it.index], it.index))  # longest first: padding and OOMs show up early
     stops = checked.task.stop_sequences(cfg.task)
     tokens, start = 0, time.perf_counter()
-    with tqdm(total=len(todo), unit="item", desc=store.path.name[:40], dynamic_ncols=True) as bar:
+    with Progress(len(todo), store.path.name) as bar:
         for lo in range(0, len(todo), run.batch_size):
             batch = todo[lo : lo + run.batch_size]
             seeds = [item_seed(run.seed, it.index) for it in batch]
@@ -147,12 +153,34 @@ def generate(checked: Checked, store: RunStore) -> dict[str, Any]:
                 if (it.index, j) not in done
             ]
             store.append(records, run.shard, run.num_shards)
-            tokens += sum(r["num_tokens"] for r in records)
-            bar.update(len(batch))
-            bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.1f}")
+            new_tokens = sum(r["num_tokens"] for r in records)
+            tokens += new_tokens
+            bar.update(len(batch), new_tokens)
     seconds = time.perf_counter() - start
     log.info("generated %d items, %d tokens in %.1f s (%.1f tok/s)", len(todo), tokens, seconds, tokens / seconds)
     return {**stats, "generated_tokens": tokens, "generation_seconds": round(seconds, 3)}
+
+
+@functools.cache
+def _process_threads() -> tuple[int, str]:
+    """Decided once per process: later jobs of an in-process sweep would count the first one's load as busy."""
+    return default_threads()
+
+
+def _cpu_threads(device: str) -> dict[str, Any]:
+    """Set torch's intra-op threads for a CPU run (threads.default_threads); the count goes to environment.json."""
+    import torch
+
+    from scmoe_eval.models.loading import resolve_device
+
+    with contextlib.suppress(ValueError):  # a CUDA request without CUDA is load_model's error to report
+        if resolve_device(device).type != "cpu":
+            return {"torch_threads": torch.get_num_threads(), "torch_threads_source": "torch default (model on GPU)"}
+    threads, why = _process_threads()
+    torch.set_num_threads(threads)
+    hint = "" if why == "OMP_NUM_THREADS" else "; OMP_NUM_THREADS=N sets it"
+    log.info("CPU run: %d torch threads (%s%s)", threads, why, hint)
+    return {"torch_threads": threads, "torch_threads_source": why}
 
 
 def _engine(checked: Checked) -> tuple[Any, Any]:
@@ -208,7 +236,7 @@ def score_store(
     metrics = compute_metrics(task, scored)
     store.write_scored(scored)
     store.write_metrics(metrics)
-    log.info("metrics: %s", metrics)
+    log.info("scored %d records of %d items -> %s", len(scored), len(items), store.path / "metrics.json")
     if tracker is not None:
         tracker.log_metrics(metrics)
         tracker.log_samples(scored)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -88,6 +89,13 @@ def _pct(x: Any) -> float:
     return float("nan") if x is None else 100.0 * float(x)
 
 
+def _is_complete(task: str | None, n_items: int | None, limit: int | None) -> bool:
+    """A run covers its whole task: all the paper's items for a paper task, else no run.limit."""
+    if task in paper.TASK_SIZES and n_items is not None:
+        return int(n_items) >= paper.TASK_SIZES[task]
+    return limit is None
+
+
 def _row(run_dir: Path) -> dict[str, Any]:
     """One flat table row from a run directory's config.json and metrics.json."""
     cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
@@ -101,8 +109,10 @@ def _row(run_dir: Path) -> dict[str, Any]:
     primary = metrics.get("primary", "accuracy")
     official, strict = metrics.get("official") or {}, metrics.get("strict") or {}
     ci = official.get("ci95") or [None, None]
+    strict_ci = strict.get("ci95") or [None, None]
+    task = cfg.get("task", {}).get("name", metrics.get("task"))
     row: dict[str, Any] = {
-        "task": cfg.get("task", {}).get("name", metrics.get("task")),
+        "task": task,
         "model": model.get("name"),
         "model_path": model.get("path"),
         "paper_model": paper.paper_model_key(model.get("name"), model.get("path")),
@@ -140,6 +150,10 @@ def _row(run_dir: Path) -> dict[str, Any]:
         "strict_n_unparseable": strict.get("n_unparseable"),
         "ci95_lo": _pct(ci[0]),
         "ci95_hi": _pct(ci[1]),
+        "strict_ci95_lo": _pct(strict_ci[0]),
+        "strict_ci95_hi": _pct(strict_ci[1]),
+        "complete": _is_complete(task, metrics.get("n_items"), run.get("limit")),
+        "scored_at": datetime.fromtimestamp((run_dir / "metrics.json").stat().st_mtime, timezone.utc).isoformat(),
     }
     for key in ("pass@k", "maj@k", "maj@k_expected"):
         for k, value in sorted((official.get(key) or {}).items(), key=lambda kv: int(kv[0])):
@@ -182,25 +196,108 @@ def comparison_table(
     return table
 
 
+RUN_KEYS = ("model", "method", "task")
+
+
+def pick_runs(df: pd.DataFrame, keys: Sequence[str] = RUN_KEYS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One run per `keys` (reruns, another run.limit or seed): (chosen, set aside).
+
+    A complete run beats a partial one, then the most items, then the newest metrics.json.
+    The set-aside frame holds the other runs with `chosen_run` (the run_dir that won) and `reason`.
+    """
+    if df.empty:
+        return df, df.assign(chosen_run=[], reason=[])
+    ranked = df.sort_values(["complete", "n_items", "scored_at", "run_dir"], ascending=False, kind="stable")
+    first = ~ranked.duplicated(list(keys), keep="first")
+    chosen, aside = ranked[first], ranked[~first]
+    winner = chosen.set_index(list(keys))
+    reasons, winners = [], []
+    for _, row in aside.iterrows():
+        best = winner.loc[tuple(row[k] for k in keys)]
+        winners.append(best["run_dir"])
+        if bool(best["complete"]) and not bool(row["complete"]):
+            reasons.append(f"partial (n={int(row['n_items'])}); a complete run exists")
+        elif best["n_items"] != row["n_items"]:
+            reasons.append(f"fewer items ({int(row['n_items'])} < {int(best['n_items'])})")
+        else:
+            reasons.append(f"older (scored {row['scored_at'][:19]}, the chosen one {best['scored_at'][:19]})")
+    aside = aside.assign(chosen_run=winners, reason=reasons)
+    return chosen.loc[df.index.intersection(chosen.index)], aside
+
+
+def comparison_detail(
+    df: pd.DataFrame, *, mode: str = "official", index: str | Sequence[str] = ("model", "method")
+) -> pd.DataFrame:
+    """comparison_table (methods x tasks) with, per task, the items behind each cell ("<task> n",
+    "(partial)" when the run covers part of the task) and the 95% bootstrap CI ("<task> 95% CI")."""
+    idx = [index] if isinstance(index, str) else list(index)
+    values = comparison_table(df, mode=mode, index=idx, columns="task")
+    lo, hi = ("ci95_lo", "ci95_hi") if mode == "official" else (f"{mode}_ci95_lo", f"{mode}_ci95_hi")
+    cells = df.set_index([*idx, "task"])
+    table = pd.DataFrame(index=values.index)
+    for task in values.columns:
+        n_col, ci_col = [], []
+        for key in values.index:
+            key = key if isinstance(key, tuple) else (key,)
+            if (*key, task) not in cells.index:
+                n_col.append(""), ci_col.append("")
+                continue
+            run = cells.loc[(*key, task)]
+            n_col.append(f"{int(run['n_items'])}" + ("" if run["complete"] else " (partial)"))
+            has_ci = lo in run and pd.notna(run[lo]) and pd.notna(run[hi])
+            ci_col.append(f"{run[lo]:.1f}–{run[hi]:.1f}" if has_ci else "")
+        table[task], table[f"{task} n"], table[f"{task} 95% CI"] = values[task], n_col, ci_col
+    return table
+
+
+def runs_index(df: pd.DataFrame, aside: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One line per run found: what it is, its numbers, and whether the tables use it."""
+    columns = ["task", "model", "method", "n_items", "complete", "official", "strict", "scored_at", "run_dir"]
+    listing = df[columns].copy()
+    listing["status"] = "used"
+    if aside is not None and not aside.empty:
+        listing.loc[aside.index, "status"] = "set aside: " + aside["reason"]
+    order = {t: i for i, t in enumerate(paper.TASKS)}
+    listing = listing.assign(_order=listing["task"].map(lambda t: order.get(t, len(order))))
+    return listing.sort_values(["_order", "task", "model", "method", "scored_at"], kind="stable").drop(columns="_order")
+
+
 def markdown(table: pd.DataFrame) -> str:
     """GitHub markdown with index levels as ordinary columns and blanks for missing values."""
     flat = table.reset_index().astype(object)
     return flat.where(flat.notna(), None).to_markdown(index=False, floatfmt=".2f", missingval="")
 
 
+def render(table: pd.DataFrame, fmt: str) -> str:
+    """The table as text: "md" (markdown), "csv", "latex" or "json" (one record per row, index levels as fields)."""
+    if fmt == "md":
+        return markdown(table)
+    if fmt == "csv":
+        return table.to_csv()
+    if fmt in ("latex", "tex"):
+        return table.to_latex(float_format="%.2f", na_rep="")
+    if fmt == "json":
+        flat = table.reset_index().astype(object)
+        records = flat.where(flat.notna(), None).to_dict(orient="records")
+        return json.dumps(records, ensure_ascii=False, indent=1, default=str)
+    raise ValueError(f"unknown table format {fmt!r}; valid: md, csv, latex, json")
+
+
 def write_table(table: pd.DataFrame, out_stem: Path, formats: Sequence[str] = ("md", "csv", "tex")) -> list[Path]:
-    """Write `table` as <out_stem>.md / .csv / .tex; returns the written paths."""
+    """Write `table` as <out_stem>.md / .csv / .tex (or "latex") / .json; returns the written paths."""
     out_stem = Path(out_stem)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     writers = {
         "md": lambda p: p.write_text(markdown(table) + "\n", encoding="utf-8"),
         "csv": lambda p: table.to_csv(p),
-        "tex": lambda p: p.write_text(table.to_latex(float_format="%.2f", na_rep=""), encoding="utf-8"),
+        "tex": lambda p: p.write_text(render(table, "latex"), encoding="utf-8"),
+        "json": lambda p: p.write_text(render(table, "json") + "\n", encoding="utf-8"),
     }
     paths = []
     for fmt in formats:
+        fmt = "tex" if fmt == "latex" else fmt
         if fmt not in writers:
-            raise ValueError(f"unknown table format {fmt!r}; valid: {', '.join(writers)}")
+            raise ValueError(f"unknown table format {fmt!r}; valid: md, csv, latex (tex), json")
         path = out_stem.with_name(f"{out_stem.name}.{fmt}")
         writers[fmt](path)
         paths.append(path)
@@ -276,6 +373,13 @@ def best_run(pool: pd.DataFrame, mode: str = "official") -> pd.Series | None:
     complete = pool[pool["n_items"] == pool["task"].map(paper.TASK_SIZES)]
     pool = complete if not complete.empty else pool
     return pool.sort_values([mode, "n_items"], ascending=False, kind="stable").iloc[0]
+
+
+def _n_label(n_items: set[int], task: str) -> str:
+    """Items behind an "ours" row ("1319", "100/1319"), marked "(partial)" when a run covers part of the task."""
+    label = "/".join(map(str, sorted(n_items)))
+    partial = any(n < paper.TASK_SIZES.get(task, n) for n in n_items)
+    return label + (" (partial)" if partial else "")
 
 
 def _fixed_hp(method: str, fixed: Mapping[str, Mapping[str, Any]]) -> Any:
@@ -398,7 +502,7 @@ def paper_beta_rank_table(
                 ours_row[column] = float("nan") if best is None else round(float(best[mode]), 2)
                 if best is not None:
                     n_items.add(int(best["n_items"]))
-            ours_row["ours n"] = "/".join(map(str, sorted(n_items)))
+            ours_row["ours n"] = _n_label(n_items, t)
             rows[(paper.TASK_TITLES[t], beta, OURS)] = ours_row
             rows[(paper.TASK_TITLES[t], beta, PAPER)] = {**paper_row, "ours n": ""}
             rows[(paper.TASK_TITLES[t], beta, DELTA)] = {
@@ -442,7 +546,7 @@ def paper_ideal_strong_table(
                 n_items |= set() if best is None else {int(best["n_items"])}
             paper_row = {column: theirs.get(beta, float("nan")) for beta, column in zip(paper.BETAS, columns)}
             title = paper.TASK_TITLES[t]
-            rows[(title, k, OURS)] = mine | {"ours n": "/".join(map(str, sorted(n_items)))}
+            rows[(title, k, OURS)] = mine | {"ours n": _n_label(n_items, t)}
             rows[(title, k, PAPER)] = paper_row | {"ours n": ""}
             rows[(title, k, DELTA)] = {c: round(mine[c] - paper_row[c], 2) for c in columns} | {"ours n": ""}
     table = pd.DataFrame.from_dict(rows, orient="index")[[*columns, "ours n"]]
@@ -482,6 +586,8 @@ def paper_self_consistency_table(
 ) -> pd.DataFrame:
     """§4.3 / Fig.5: GSM8K majority vote maj@k (k in SC_KS), rows (method, ours/paper/Δ).
 
+    "ours n" gives the items behind our row, "(partial)" when fewer than the paper's 1,319.
+
     Ours uses the first-k-samples estimator ("maj@k" in metrics.json); greedy rows fill maj@1 with
     the official accuracy. The paper prints only a few points; §4.3's greedy-SCMoE 67.94 is kept
     as printed although Tab.1/Tab.8 suggest a typo.
@@ -489,20 +595,21 @@ def paper_self_consistency_table(
     pools = _sc_pools(_ours_for_model(df, model, ours_model), paper.MODELS[model].default_topk)
     published = paper.results(source="§4.3", model=model)
     columns = [f"maj@{k}" for k in SC_KS]
-    rows: dict[tuple[str, str], dict[str, float]] = {}
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
     for method, title in _SC_TITLES.items():
         pool = pools.get(method, pd.DataFrame())
-        ours = {c: float("nan") for c in columns}
+        ours: dict[str, Any] = {c: float("nan") for c in columns} | {"ours n": ""}
         if not pool.empty:
             run = pool.sort_values(["n_items", "num_samples"], kind="stable").iloc[-1]
             for c in columns:
                 value = run.get(c, float("nan"))
                 ours[c] = round(float(run["official"] if c == "maj@1" and pd.isna(value) else value), 2)
+            ours["ours n"] = _n_label({int(run["n_items"])}, "gsm8k")
         pub = published[published["method"] == method]
         theirs = {c: float("nan") for c in columns} | {f"maj@{int(k)}": v for k, v in zip(pub["maj_k"], pub["value"])}
         rows[(title, OURS)] = ours
-        rows[(title, PAPER)] = theirs
-        rows[(title, DELTA)] = {c: round(ours[c] - theirs[c], 2) for c in columns}
-    table = pd.DataFrame.from_dict(rows, orient="index")[columns]
+        rows[(title, PAPER)] = theirs | {"ours n": ""}
+        rows[(title, DELTA)] = {c: round(ours[c] - theirs[c], 2) for c in columns} | {"ours n": ""}
+    table = pd.DataFrame.from_dict(rows, orient="index")[[*columns, "ours n"]]
     table.index = pd.MultiIndex.from_tuples(table.index, names=["method", "row"])
     return table

@@ -59,6 +59,7 @@ def test_negative_beta_exits_2_naming_the_key(tmp_path: Path) -> None:
     proc = cli("model=tiny-mixtral", "strategy=scmoe", "strategy.beta=-1", out=tmp_path)
     assert proc.returncode == EXIT_BAD_CONFIG
     assert proc.stderr.strip().splitlines()[-1] == "scmoe-eval: error: strategy.beta: must be >= 0, got -1.0"
+    assert not any(tmp_path.iterdir())  # a single run leaves no _hydra/runs/<time>/ folder behind
 
 
 @pytest.mark.parametrize(
@@ -138,3 +139,25 @@ def test_missing_model_path_is_named_before_the_gpu_check(tmp_path: Path, no_mod
     with pytest.raises(ConfigError, match="'/ckpt/nonexistent' does not exist") as info:
         run_config(tmp_path, "model=mixtral-8x7b", "model.path=/ckpt/nonexistent", "task.demo=true")
     assert info.value.key == "model.path"
+
+
+def test_list_names_every_option_once(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from scmoe_eval.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["scmoe-eval", "--list"])
+    main()
+    out = capsys.readouterr().out
+    for group in ("task", "strategy", "model", "experiment"):
+        for path in (Path(CONFIG_DIR) / group).glob("*.yaml"):
+            (line,) = [x for x in out.splitlines() if x.split()[:1] == [path.stem]]
+            assert len(line.split(None, 1)) == 2, f"{path.stem} has no description"
+    assert "base_" not in out and "  scmoe  " in out and "  paper-table1  " in out and "  tiny-mixtral  " in out
+
+
+def test_help_hides_schemas_and_a_schema_is_not_an_option(tmp_path: Path) -> None:
+    helped = cli("--help", out=tmp_path)
+    assert helped.returncode == 0 and "base_" not in helped.stdout
+    assert "strategy: cd, contrastive-search" in helped.stdout and "scmoe-eval --list" in helped.stdout
+    proc = cli("strategy=base_strategy", out=tmp_path)
+    assert proc.returncode == EXIT_BAD_CONFIG
+    assert proc.stderr.strip().splitlines()[-1].startswith("scmoe-eval: error: strategy: base_strategy is the schema")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -74,7 +75,11 @@ def test_run_dir_holds_results_log_and_environment(unsharded: Path) -> None:
     env = json.loads((unsharded / "environment.json").read_text())
     assert env["batch_size"] == 3 and env["items_generated"] == 5 and env["scored"] is True
     log = (unsharded / "run.log").read_text()
-    assert "generated 5 items" in log and "metrics:" in log
+    assert "generated 5 items" in log and "| task " in log and "| gsm8k " in log and "5 x 2 samples" in log
+    assert "{'task'" not in log  # a table, not the metrics dict
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or None  # make test sets 1; else the computed default
+    assert env["torch_threads"] >= 1 and (threads is None or env["torch_threads"] == threads)
+    assert env["torch_threads_source"] == ("OMP_NUM_THREADS" if threads else env["torch_threads_source"])
 
 
 def test_shards_merge_to_the_unsharded_run(tmp_path: Path, unsharded: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -11,20 +13,23 @@ import pytest
 
 from scmoe_eval import paper
 from scmoe_eval.config import ExperimentConfig
-from scmoe_eval.plots import plot_beta_sweep, plot_topk
+from scmoe_eval.plots import plot_alpha_sweep, plot_beta_sweep, plot_topk
 from scmoe_eval.store import RunStore
 from scmoe_eval.tables import (
-    DELTA, OURS, OURS_BEST, OURS_FIXED, PAPER, comparison_table, load_runs, method_label, paper_beta_rank_table,
-    paper_ideal_strong_table, paper_self_consistency_table, paper_table1, write_table,
+    DELTA, OURS, OURS_BEST, OURS_FIXED, PAPER, comparison_detail, comparison_table, load_runs, method_label,
+    paper_beta_rank_table, paper_ideal_strong_table, paper_self_consistency_table, paper_table1, pick_runs,
+    write_table,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def make_run(root: Path, task: str, accuracy: float, *, model: str = "mixtral-8x7b", path: str | None = None,
-             n_items: int | None = None, limit: int | None = None, maj: dict | None = None, **strategy) -> Path:
+             n_items: int | None = None, limit: int | None = None, maj: dict | None = None, seed: int = 0,
+             **strategy) -> Path:
     """A scored run directory as the runner leaves it (config.json + metrics.json)."""
     cfg = asdict(ExperimentConfig())
+    cfg["run"]["seed"] = seed
     cfg["model"]["name"] = model
     cfg["model"]["path"] = path or cfg["model"]["path"]
     cfg["task"]["name"] = task
@@ -308,6 +313,7 @@ def test_paper_self_consistency_table(runs):
     assert t.loc[(sc_scmoe, OURS), "maj@20"] == 79.0 and t.loc[(sc_scmoe, PAPER), "maj@20"] == 78.31
     assert t.loc[(sc_scmoe, DELTA), "maj@20"] == pytest.approx(0.69)
     assert t.loc[("Greedy", OURS), "maj@1"] == 61.0 and t.loc[("Greedy", PAPER), "maj@1"] == 61.79
+    assert t.loc[(sample, OURS), "ours n"] == "1319" and t.loc[(sample, PAPER), "ours n"] == ""
     greedy_scmoe = "SCMoE greedy (β=0.5, weak rank-3)"
     assert t.loc[(greedy_scmoe, OURS), "maj@1"] == 66.5 and t.loc[(greedy_scmoe, PAPER), "maj@1"] == 67.94
     assert pd.isna(t.loc[("Greedy", OURS), "maj@5"])
@@ -348,3 +354,138 @@ def test_plots_are_png(runs, tmp_path):
     assert plot_topk(runs[runs["family"] == "scmoe"], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
     assert plot_beta_sweep(pd.DataFrame(), tmp_path / "empty.png") is None
+
+
+# --- several runs of one (model, method, task); the table CLI ------------------------------------------
+
+
+@pytest.fixture
+def reruns(tmp_path) -> Path:
+    """gsm8k greedy three times (complete, partial n=200, partial n=100), mbpp greedy twice (n=5, seeds 0/1)."""
+    root = tmp_path / "runs"
+    make_run(root, "gsm8k", 0.61, **greedy())
+    make_run(root, "gsm8k", 0.95, n_items=200, limit=200, **greedy())  # a better score does not make it win
+    make_run(root, "gsm8k", 0.90, n_items=100, limit=100, **greedy())
+    old = make_run(root, "mbpp", 0.20, n_items=5, limit=5, **greedy())
+    new = make_run(root, "mbpp", 0.40, n_items=5, limit=5, seed=1, **greedy())
+    os.utime(old / "metrics.json", (1_700_000_000, 1_700_000_000))
+    os.utime(new / "metrics.json", (1_800_000_000, 1_800_000_000))
+    make_run(root, "gsm8k", 0.30, n_items=100, limit=100, **scmoe(0.5))
+    return root
+
+
+def test_pick_runs_prefers_complete_then_most_items_then_newest(reruns):
+    runs = load_runs(reruns)
+    used, aside = pick_runs(runs)
+    assert len(used) == 3 and len(aside) == 3
+    chosen = used.set_index(["method", "task"])
+    assert chosen.loc[("greedy", "gsm8k"), "official"] == 61.0 and chosen.loc[("greedy", "gsm8k"), "complete"]
+    assert chosen.loc[("greedy", "mbpp"), "official"] == 40.0  # same n: the newer one
+    reasons = dict(zip(aside["n_items"], aside["reason"]))
+    assert reasons[200].startswith("partial (n=200)") and reasons[100].startswith("partial (n=100)")
+    assert reasons[5].startswith("older")
+    assert set(aside["chosen_run"]) == set(used.loc[used["method"] == "greedy", "run_dir"])
+    # without the complete run, the most items win
+    used, aside = pick_runs(runs[runs["complete"] == False])  # noqa: E712
+    assert used.set_index(["method", "task"]).loc[("greedy", "gsm8k"), "n_items"] == 200
+    assert aside.loc[aside["n_items"] == 100, "reason"].iloc[0] == "fewer items (100 < 200)"
+
+
+def test_comparison_detail_shows_n_ci_and_partial(reruns):
+    used, _ = pick_runs(load_runs(reruns))
+    table = comparison_detail(used)
+    assert list(table.columns) == ["gsm8k", "gsm8k n", "gsm8k 95% CI", "mbpp", "mbpp n", "mbpp 95% CI"]
+    assert table.loc[("mixtral-8x7b", "greedy"), "gsm8k"] == 61.0
+    assert table.loc[("mixtral-8x7b", "greedy"), "gsm8k n"] == "1319"
+    assert table.loc[("mixtral-8x7b", "greedy"), "gsm8k 95% CI"] == "59.0–63.0"
+    assert table.loc[("mixtral-8x7b", "greedy"), "mbpp n"] == "5 (partial)"
+    scmoe_row = table.loc[("mixtral-8x7b", "scmoe-b0.5-a0.1-weak-rank2")]
+    assert scmoe_row["gsm8k n"] == "100 (partial)" and scmoe_row["mbpp n"] == "" and pd.isna(scmoe_row["mbpp"])
+    strict = comparison_detail(used, mode="strict")
+    assert strict.loc[("mixtral-8x7b", "greedy"), "gsm8k"] == 60.0
+
+
+def test_table_cli_resolves_reruns_and_writes_a_summary(reruns, tmp_path, capsys):
+    from scmoe_eval.cli import table_main
+
+    out = tmp_path / "tables"
+    table_main([str(reruns), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert captured.err.count("set aside") == 3 and "partial (n=200); a complete run exists" in captured.err
+    assert "61.00 | 1319 " in captured.out and "5 (partial)" in captured.out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runs_found"] == 6 and len(summary["runs_used"]) == 3 and len(summary["set_aside"]) == 3
+    greedy_gsm8k = next(r for r in summary["runs_used"] if r["task"] == "gsm8k" and r["method"] == "greedy")
+    assert greedy_gsm8k["n_items"] == 1319 and greedy_gsm8k["complete"] and greedy_gsm8k["ci95"] == [59.0, 63.0]
+    assert {Path(p).suffix for p in summary["tables"]["comparison"]} == {".md", ".csv", ".tex", ".json"}
+    records = json.loads((out / "comparison.json").read_text())
+    assert records[0]["model"] == "mixtral-8x7b" and isinstance(records[0]["gsm8k"], float)
+
+
+def test_table_cli_index_filters_and_formats(reruns, capsys):
+    from scmoe_eval.cli import table_main
+
+    table_main([str(reruns), "--index"])
+    out = capsys.readouterr().out
+    assert out.count("set aside") == 3 and out.count("| used") == 3 and str(reruns) in out
+    table_main([str(reruns), "--task", "mbpp", "--format", "json"])
+    data = json.loads(capsys.readouterr().out)
+    (row,) = data["comparison"]
+    assert row["mbpp"] == 40.0 and "gsm8k" not in row
+    table_main([str(reruns), "--method", "scmoe*", "--format", "csv"])
+    csv_text = capsys.readouterr().out
+    assert csv_text.startswith("# comparison\n") and "scmoe-b0.5" in csv_text and ",greedy," not in csv_text
+    table_main([str(reruns), "--model", "tiny-mixtral,mixtral-8x7b", "--task", "gsm8k", "--format", "latex"])
+    assert "\\begin{tabular}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        table_main([str(reruns), "--task", "human_eval"])
+    assert exit_info.value.code == 2 and "match the filters" in capsys.readouterr().err
+
+
+def test_table_cli_unwritable_out_is_one_line(reruns, tmp_path, capsys):
+    from scmoe_eval.cli import table_main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        table_main([str(reruns), "--out", str(blocker / "tables")])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("scmoe-eval-table: error: --out") and "cannot write" in err
+
+
+@pytest.fixture
+def figures(monkeypatch) -> list:
+    """The matplotlib Figures the plot functions would save (savefig captured, nothing written)."""
+    from matplotlib.figure import Figure
+
+    captured: list = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: captured.append(self))
+    return captured
+
+
+def test_beta_sweep_plot_lines_colours_legend_axes(tmp_path, figures):
+    root = tmp_path / "sweep"
+    weak = [("rank", k) for k in range(1, 9)] + [("random", 1)]
+    for i, (kind, k) in enumerate(weak):
+        for beta in paper.BETAS:
+            make_run(root, "gsm8k", 0.0, model="tiny-mixtral", path="fixture:mixtral", **scmoe(beta, k=k, kind=kind))
+    for alpha in (0.01, 0.5, 1.0):  # an α sweep at β=0.5: kept out of the β plot
+        make_run(root, "gsm8k", 0.0, model="tiny-mixtral", path="fixture:mixtral", **scmoe(0.5, alpha=alpha))
+    runs = load_runs(root)
+    assert plot_beta_sweep(runs, tmp_path / "beta.png", paper_model="mixtral") is not None
+    (fig,) = figures
+    (ax,) = fig.axes
+    ours = [line for line in ax.lines if line.get_linestyle() == "-"]
+    dashed = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert [line.get_label() for line in ours] == [f"rank-{k}" for k in range(1, 9)] + ["random-1"]
+    assert len({line.get_color() for line in ours}) == 9  # one colour each
+    assert all(len(line.get_xdata()) == 5 for line in ours)  # the α-sweep points joined no line
+    # the paper's Tab.8 curves, although the runs are of the tiny model, each in its line's colour
+    assert len(dashed) == 9 and {d.get_color() for d in dashed} == {line.get_color() for line in ours}
+    assert ax.get_legend() is None and len(fig.legends) == 1  # legend outside the panel
+    assert ax.get_ylim()[0] == 0  # 0% accuracy everywhere: the axis starts at 0, not below
+    assert plot_alpha_sweep(runs, tmp_path / "alpha.png") is not None
+    (line,) = [line for line in figures[1].axes[0].lines if line.get_linestyle() == "-"]
+    assert line.get_label() == "rank-2, β=0.5" and list(line.get_xdata()) == [0.01, 0.1, 0.5, 1.0]
+    assert plot_alpha_sweep(runs[runs["alpha"] == 0.1], tmp_path / "none.png") is None
