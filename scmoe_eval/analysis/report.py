@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from scmoe_eval import paper
 from scmoe_eval.analysis.base import AMATEUR
@@ -105,28 +106,35 @@ def _token_label(text: str) -> str:
 
 
 def plot_heatmap(record: dict[str, Any], out_png: Path, labels: list[str] | None = None,
-                 per_line: int = 40) -> Path:
-    """Fig. 3: one row per routing (rank-1..8 by default), one column per token, paper scale (x1e5 / |V|)."""
+                 per_line: int = 32) -> Path:
+    """Fig. 3: one row per routing (rank-1..8 by default), one column per token, paper scale (x1e5 / |V|).
+
+    Long texts wrap into several panels of `per_line` tokens; the last one is padded (blank) so every
+    cell has the same width. Expression tokens have blue labels."""
     labels = labels or [k for k in record["kld"] if k.startswith("rank")] or list(record["kld"])
     vocab = record["vocab_size"]
     values = [[v / vocab * 1e5 for v in record["kld"][label]] for label in labels]
     tokens = [_token_label(t) for t in record["tokens"]]
-    chunks = [(lo, min(lo + per_line, len(tokens))) for lo in range(0, len(tokens), per_line)]
+    n_lines = math.ceil(len(tokens) / per_line)
     vmax = max(max(row) for row in values) or 1.0
-    fig = Figure(figsize=(min(0.32 * per_line + 2.5, 16), 0.32 * len(labels) * len(chunks) + 1.2 * len(chunks) + 0.8),
-                 layout="constrained")
-    axes = fig.subplots(len(chunks), 1, squeeze=False)[:, 0]
+    fig = Figure(figsize=(0.3 * per_line + 1.4, (0.2 * len(labels) + 0.75) * n_lines + 1.1), layout="constrained")
+    axes = fig.subplots(n_lines, 1, squeeze=False)[:, 0]
     image = None
-    for ax, (lo, hi) in zip(axes, chunks):
-        image = ax.imshow([row[lo:hi] for row in values], aspect="auto", cmap="Reds", vmin=0, vmax=vmax,
-                          interpolation="nearest")
+    for line, ax in enumerate(axes):
+        lo, hi = line * per_line, min((line + 1) * per_line, len(tokens))
+        grid = [row[lo:hi] + [math.nan] * (per_line - (hi - lo)) for row in values]
+        image = ax.imshow(grid, aspect="auto", cmap="Reds", vmin=0, vmax=vmax, interpolation="nearest")
         ax.set_yticks(range(len(labels)), [label.replace("rank", "rank-") for label in labels], fontsize=7)
-        ax.set_xticks(range(hi - lo), tokens[lo:hi], rotation=90, fontsize=7)
+        ax.set_xticks(range(hi - lo), tokens[lo:hi], rotation=90, fontsize=8)
         for tick, is_expr in zip(ax.get_xticklabels(), record["expression"][lo:hi]):
             if is_expr:
                 tick.set_color("tab:blue")
-    fig.colorbar(image, ax=list(axes), shrink=0.8, label="KLD ×1e5 (per token / |V|)")
-    fig.suptitle(f"KL(p_top-2 ‖ p_weak) per token, {record['id']} (expression tokens in blue)", fontsize=9)
+        ax.tick_params(length=0)
+        for side in ("top", "right", "bottom", "left"):
+            ax.spines[side].set_visible(False)
+    fig.colorbar(image, ax=list(axes), location="bottom", shrink=0.5, aspect=40, pad=0.01,
+                 label="KLD ×1e5 (per-token KL / |V|)")
+    fig.suptitle(f"KL(p_top-2 ‖ p_rank-k) per token, {record['id']} (expression tokens in blue)", fontsize=9)
     return _save(fig, out_png)
 
 
@@ -137,7 +145,8 @@ def plot_unchosen_per_layer(summary: dict[str, Any], out_png: Path) -> Path:
     for label, entry in summary["own_stream"].items():
         layers = range(len(entry["per_layer_pct"]))
         ax.plot(layers, entry["per_layer_pct"], marker="o", ms=3, label=f"{label} ({entry['overall_pct']:.1f}%)")
-    ax.set_xlabel("MoE layer")
+    ax.set_xlabel("MoE layer (0 = first)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("% unchosen by top-2")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
@@ -163,6 +172,8 @@ def plot_expert_load(summary: dict[str, Any], out_png: Path) -> Path:
         ax.set_xlabel("expert", fontsize=7)
         ax.set_ylabel("layer", fontsize=7)
         ax.tick_params(labelsize=6)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes[len(labels):]:
         ax.set_visible(False)
     fig.colorbar(image, ax=list(axes), shrink=0.8, label="share of the layer's routed slots")
@@ -175,7 +186,8 @@ def plot_overlap(summary: dict[str, Any], out_png: Path) -> Path:
     ax = fig.subplots()
     for label, values in summary["jaccard_per_layer"].items():
         ax.plot(range(len(values)), values, marker="o", ms=3, label=label)
-    ax.set_xlabel("MoE layer")
+    ax.set_xlabel("MoE layer (0 = first)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("Jaccard(strong, weak) experts")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
