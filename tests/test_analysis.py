@@ -240,3 +240,39 @@ def test_published_tab5_tab6_as_data() -> None:
     assert paper.KLD_TAB5["all"][1] == 5.05 and paper.KLD_TAB5["stopword"][-1] == 0.28
     assert dict(zip(paper.KLD_COLUMNS, paper.KLD_TAB5["expression"]))["random1"] == 12.21
     assert paper.UNCHOSEN_TAB6 == (2.81, 46.21, 72.62, 80.54, 84.61, 87.79, 90.44, 90.96)
+
+
+def test_tab5_tab6_match_paper_md(shared_data: Path) -> None:
+    """Tab.5 and Tab.6 in paper.py, re-read from the paper notes' markdown tables by a separate parser."""
+    md = (shared_data.parent / "paper.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] in ("All", "Expression", "Stopword", "% unchosen"):
+            rows[cells[0]] = [float(c) for c in cells[1:]]
+        elif cells and cells[0] == "change vs All":
+            rows.setdefault("changes", []).append([float(c.replace("−", "-").rstrip("%")) for c in cells[1:]])
+    assert tuple(rows["All"]) == paper.KLD_TAB5["all"]
+    assert tuple(rows["Expression"]) == paper.KLD_TAB5["expression"]
+    assert tuple(rows["Stopword"]) == paper.KLD_TAB5["stopword"]
+    assert [tuple(r) for r in rows["changes"]] == [paper.KLD_TAB5_CHANGE["expression"], paper.KLD_TAB5_CHANGE["stopword"]]
+    assert tuple(rows["% unchosen"]) == paper.UNCHOSEN_TAB6
+
+
+@pytest.mark.parametrize("option", ["kld", "unchosen", "heatmap", "routing"])
+def test_every_analysis_option_composes_and_validates(option: str) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from scmoe_eval.analysis.cli import to_analyze
+    from scmoe_eval.cli import CONFIG_DIR
+
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = to_analyze(compose("analyze", overrides=[f"analysis={option}", "model=tiny-mixtral"]))
+    validate_analysis(cfg, num_experts=8)
+    assert cfg.analysis.name == option and cfg.run.output_dir == "results/analysis"
+    assert (cfg.analysis.strong.kind, cfg.analysis.strong.k) == ("topk", 2)
+    if option == "heatmap":
+        assert (cfg.analysis.split, cfg.analysis.example_index, cfg.analysis.span) == ("test", HALLIE_INDEX, "answer")
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        with pytest.raises(ConfigError, match="analysis.typo"):
+            to_analyze(compose("analyze", overrides=[f"analysis={option}", "+analysis.typo=1"]))
