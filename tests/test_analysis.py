@@ -276,3 +276,29 @@ def test_every_analysis_option_composes_and_validates(option: str) -> None:
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
         with pytest.raises(ConfigError, match="analysis.typo"):
             to_analyze(compose("analyze", overrides=[f"analysis={option}", "+analysis.typo=1"]))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_own_stream_replays_the_routing_of_scmoe_decoding(tiny_mixtral) -> None:
+    """Reading (b) is teacher-forced: the [strong, weak] rows over prompt + SCMoE's generated tokens route
+    every (token, layer) exactly as the strong and weak streams did while SCMoE decoded them (KV caches)."""
+    from scmoe_eval.analysis.forward import Encoded, RouterRecorder
+    from scmoe_eval.decoding.engine import Contrast, DecodeEngine
+
+    policies = [P.topk(2), P.rank(2)]
+    prompt = "Question: Tom has 3 apples and eats 1. How many are left?\nAnswer:"
+    recorder = RouterRecorder(tiny_mixtral)
+    with recorder.recording() as calls:
+        (gen,) = DecodeEngine(tiny_mixtral).generate([prompt], max_new_tokens=16, contrast=Contrast(*policies), ban_eos=True)
+    layers = len(recorder.routers)
+    decoded = [torch.cat([calls[c][0].view(2, -1, calls[c][0].shape[-1]) for c in range(layer, len(calls), layers)], 1)
+               for layer in range(layers)]  # per layer: (2 rows, positions, K) in feeding order
+    ids = tiny_mixtral.tokenizer(prompt, add_special_tokens=True)["input_ids"] + gen.token_ids[:-1]  # the last is never fed
+    n = len(ids)
+    enc = Encoded(torch.tensor([ids]), torch.ones(1, n, dtype=torch.long), torch.ones(1, n, dtype=torch.bool), [[]], [[]], [[]])
+    _, routes = multi_routing_forward(tiny_mixtral, enc, policies, record=True)
+    assert decoded[0].shape[1] == n
+    for layer, route in enumerate(routes):
+        strong_replay, weak_replay = route.index[0, 0], route.index[0, 1, :, :1]
+        assert torch.equal(decoded[layer][0], strong_replay), layer
+        assert torch.equal(decoded[layer][1][:, :1], weak_replay), layer

@@ -10,7 +10,7 @@ Per (scored token, MoE layer) and weak expert slot, two readings (../shared/pape
   the reading that can give the paper's 2.81 % / 46.21 % for rank-1/2.
 The text is teacher-forced (GSM8K question + gold answer, as `kld`), not generated: along a fixed text,
 the weak stream's routing in SCMoE decoding is a function of the tokens only, so replaying them gives
-the decode-time routing without generating.
+the decode-time routing without generating (tests/test_analysis.py checks it against a real SCMoE decode).
 """
 
 from __future__ import annotations
