@@ -10,7 +10,7 @@ PYTEST_WORKERS ?= 2
 export HF_HUB_DISABLE_TELEMETRY := 1
 export WANDB_MODE ?= offline
 
-.PHONY: install test demo reproduce-gsm8k reproduce-paper paper-baselines reproduce-paper-deepseek sweep-beta sweep-weak-k sweep-alpha paper-table bench clean
+.PHONY: install test demo reproduce-gsm8k reproduce-paper paper-baselines reproduce-paper-deepseek sweep-beta sweep-weak-k sweep-alpha paper-table bench clean paper-analysis
 
 $(VENV)/.installed: pyproject.toml requirements/lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,7 @@ reproduce-paper: $(VENV)/.installed
 	$(SCMOE) experiment=ideal-strong $(RUN_ARGS)
 	$(SCMOE) experiment=paper-self-consistency $(RUN_ARGS)
 	$(MAKE) paper-table
+	$(MAKE) paper-analysis
 
 # The baselines both models share (Tab.7 / Tab.10 grids): dynamic, ensemble top-k, contrastive search, DoLa.
 paper-baselines: $(VENV)/.installed
@@ -118,3 +119,16 @@ bench: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .cache results/demo
+
+# The paper's exploratory study (§3): Tab.5 KLD by token class (+ the Mistral-7B amateur column), Tab.6
+# unchosen-expert share, the Fig.3 heatmap (GSM8K test 372) and routing statistics, on GSM8K train.
+# Tables and PNGs land in each analysis run dir and in $(TABLES)/analysis. Tiny dry run:
+#   make paper-analysis MODEL_CONFIG=tiny-mixtral MODEL=fixture:mixtral ANALYSIS_DATA=demo AMATEUR=fixture:mixtral
+ANALYZE := $(VENV)/bin/scmoe-eval-analyze
+ANALYSES ?= results/analysis
+ANALYSIS_DATA ?= $(if $(DATA_ROOT),$(DATA_ROOT)/gsm8k)
+ANALYSIS_ARGS = $(MODEL_ARGS) $(if $(ANALYSIS_DATA),task.data_dir='$(ANALYSIS_DATA)') run.output_dir=$(ANALYSES) \
+	analysis.tables_dir=$(TABLES)/analysis $(EXTRA)
+paper-analysis: $(VENV)/.installed
+	$(ANALYZE) $(ANALYSIS_ARGS) analysis=kld $(if $(AMATEUR),analysis.amateur=$(AMATEUR))
+	$(ANALYZE) -m $(ANALYSIS_ARGS) analysis=unchosen,heatmap,routing

@@ -270,3 +270,21 @@ def paper_model_key(name: str | None, path: str | None = None) -> str | None:
             if value in model.names:
                 return key
     return None
+
+
+# --- §3 exploratory study (Mixtral 8x7B; scmoe_eval/analysis) --------------------------------
+# Tab.5: average KLD x1e5 against p_top-2, teacher-forced on GSM8K train questions + gold answers.
+# Columns: KLD_COLUMNS (rank-1..8, random-1, the Mistral-7B amateur); rows: token set.
+KLD_COLUMNS = (*RANK_COLUMNS, "mistral-7b")
+KLD_TAB5: dict[str, tuple[float, ...]] = {
+    "all": (0.17, 5.05, 10.21, 12.81, 15.80, 17.78, 19.47, 25.36, 10.36, 0.25),
+    "expression": (0.13, 6.62, 12.16, 14.60, 17.52, 19.19, 20.50, 25.70, 12.21, 0.23),
+    "stopword": (0.20, 3.40, 6.84, 8.38, 11.06, 13.09, 15.40, 21.03, 7.22, 0.28),
+}
+# Tab.5's "change vs All" rows as printed (percent); they follow from the rows above up to rounding.
+KLD_TAB5_CHANGE: dict[str, tuple[float, ...]] = {
+    "expression": (-23.24, 31.13, 19.05, 13.97, 10.89, 7.92, 5.32, 1.32, 17.89, -7.70),
+    "stopword": (24.94, -32.67, -33.04, -34.60, -30.00, -26.37, -20.87, -17.09, -30.25, 12.53),
+}
+# Tab.6: % of (token, layer) pairs whose rank-k expert top-2 did not choose (GSM8K); rank-1..8.
+UNCHOSEN_TAB6: tuple[float, ...] = (2.81, 46.21, 72.62, 80.54, 84.61, 87.79, 90.44, 90.96)

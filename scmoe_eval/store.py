@@ -44,6 +44,7 @@ HASH_EXCLUDED_KEYS: tuple[str, ...] = (
     "logger",  # experiment tracking only
     "task.num_workers",  # parallelism of the code sandbox
     "task.allow_code_execution",  # a permission gate; the env var HF_ALLOW_CODE_EVAL is equivalent
+    "analysis.tables_dir",  # scmoe-eval-analyze: an extra place the tables are copied to
 )
 # Where the data and the model come from. A config that carries an `identity` block (every run the
 # pipeline starts; scmoe_eval/identity.py) hashes that block instead of these keys, so the same
@@ -254,9 +255,10 @@ def _versions() -> dict[str, str | None]:
 class RunStore:
     """The directory of one run configuration; see the module docstring for its layout."""
 
-    def __init__(self, root: Path, cfg: dict) -> None:
+    def __init__(self, root: Path, cfg: dict, name: str | None = None) -> None:
+        """`name`: the directory name when it is not run_name(cfg) (the analyses name theirs)."""
         self.cfg = cfg
-        self.path = Path(root) / run_name(cfg)
+        self.path = Path(root) / (name or run_name(cfg))
         self.path.mkdir(parents=True, exist_ok=True)
         existing = self.path / "config.json"
         if existing.exists():
