@@ -15,7 +15,7 @@ export WANDB_MODE ?= offline
 $(VENV)/.installed: pyproject.toml requirements/lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -c requirements/lock.txt -e '.[dev]'
+	$(PY) -m pip install -q -c requirements/lock.txt -e '.[dev,lmeval]'
 	touch $@
 
 install: $(VENV)/.installed
