@@ -106,9 +106,12 @@ sweep-alpha: $(VENV)/.installed
 	$(TABLE) $(RUNS)
 
 # The paper's tables beside ours: PAPER_MODEL=mixtral (Tables 1, 8, 9, §4.3) or deepseek (Table 4).
+# OURS_MODEL=<model.name> (e.g. tiny-mixtral) fills "ours" with that model's runs instead of the paper's checkpoint.
 PAPER_MODEL ?= mixtral
+OURS_MODEL ?=
 paper-table: $(VENV)/.installed
-	$(TABLE) $(RUNS) --paper --paper-model $(PAPER_MODEL) --out $(TABLES)/$(PAPER_MODEL)
+	$(TABLE) $(RUNS) --paper --paper-model $(PAPER_MODEL) $(if $(OURS_MODEL),--ours-model $(OURS_MODEL)) \
+		--out $(TABLES)/$(PAPER_MODEL)
 
 # The CPU benchmarks behind results/bench/*.json (~10 min; the GPU one is scripts/gpu_bench.sh).
 bench: $(VENV)/.installed

@@ -133,7 +133,7 @@ def plot_beta_sweep(
         for key in [k for k in labels if k in groups]:  # legend order: rank-1.., top-.., random-..
             group = groups[key]
             xs, ys = _curve(group, "beta", mode)
-            ax.plot(xs, ys, label=labels[key], **styles[key])
+            ax.plot(xs, ys, label=labels[key], clip_on=False, **styles[key])
             first, weak = group.iloc[0], (key[0], key[1])
             default_k = paper.MODELS[paper_model].default_topk if source else None
             paper_setting = first["alpha"] == PAPER_ALPHA and (
@@ -178,7 +178,7 @@ def plot_alpha_sweep(
         groups = dict(list(sub.groupby(keys, dropna=False)))
         for key in [k for k in labels if k in groups]:
             xs, ys = _curve(groups[key], "alpha", mode)
-            ax.plot(xs, ys, label=labels[key], **styles[key])
+            ax.plot(xs, ys, label=labels[key], clip_on=False, **styles[key])
         ax.set_xscale("log")
         ax.axvline(PAPER_ALPHA, color="grey", ls="--", lw=1, label=f"paper's α={PAPER_ALPHA:g}")
 
@@ -209,7 +209,7 @@ def plot_topk(
     def draw(ax: Axes, t: str, sub: pd.DataFrame) -> None:
         for model, group in sub.groupby("model"):
             xs, ys = _curve(group, "k", mode)
-            ax.plot(xs, ys, label=f"{model} top-k", **styles[model])
+            ax.plot(xs, ys, label=f"{model} top-k", clip_on=False, **styles[model])
         if paper_model:
             source = "Tab.7" if paper_model == "mixtral" else "Tab.10"
             pub = paper.results(source=source, model=paper_model, method="ensemble", task=t).sort_values("k")

@@ -82,3 +82,24 @@ def test_physical_cores_and_cgroup_quota(tmp_path: Path):
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000")
     (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
     assert cgroup_cpus(v1) == 2
+
+
+def test_cpu_threads_benchmark_runs(tmp_path: Path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "threads.json"
+    done = subprocess.run(
+        [sys.executable, "scripts/bench_cpu_threads.py", "--sizes", "tiny", "--rounds", "2", "--new-tokens", "4",
+         "--out", str(out)], cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    tiny = report["sizes"]["tiny"]
+    assert set(tiny["median_tok_s"]) == {"torch_default", "ours", "one_thread"} and len(tiny["loadavg_per_round"]) == 2
+    assert all(len(v) == 2 and min(v) > 0 for v in tiny["tok_s"].values())
+    assert report["threads"]["ours"] >= 1 and report["ours_reason"]

@@ -489,3 +489,13 @@ def test_beta_sweep_plot_lines_colours_legend_axes(tmp_path, figures):
     (line,) = [line for line in figures[1].axes[0].lines if line.get_linestyle() == "-"]
     assert line.get_label() == "rank-2, β=0.5" and list(line.get_xdata()) == [0.01, 0.1, 0.5, 1.0]
     assert plot_alpha_sweep(runs[runs["alpha"] == 0.1], tmp_path / "none.png") is None
+
+
+def test_table_cli_without_runs_is_one_line(tmp_path, capsys):
+    from scmoe_eval.cli import table_main
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        table_main([str(tmp_path / "empty")])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err == f"scmoe-eval-table: error: no scored runs (metrics.json) under {tmp_path / 'empty'}"
