@@ -10,7 +10,7 @@ PYTEST_WORKERS ?= 2
 export HF_HUB_DISABLE_TELEMETRY := 1
 export WANDB_MODE ?= offline
 
-.PHONY: install test demo reproduce-gsm8k reproduce-paper paper-baselines reproduce-paper-deepseek sweep-beta sweep-weak-k sweep-alpha paper-table bench clean paper-analysis
+.PHONY: install test demo data reproduce-gsm8k reproduce-paper paper-baselines reproduce-paper-deepseek sweep-beta sweep-weak-k sweep-alpha paper-table bench clean paper-analysis
 
 $(VENV)/.installed: pyproject.toml requirements/lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+
+# The pinned Hub datasets of the four benchmarks into the local Hugging Face cache (needs internet, once);
+# also as paper-layout files in .cache/shared/data/<task>/test.jsonl, which the test suite uses without ../shared.
+data: $(VENV)/.installed
+	$(PY) -m scmoe_eval.tasks.fetch --out .cache/shared/data
 
 # ---- runs (scmoe-eval); see docs/usage.md ------------------------------------------------
 SCMOE := $(VENV)/bin/scmoe-eval

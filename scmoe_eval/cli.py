@@ -85,7 +85,8 @@ def main() -> None:
     try:
         _app()
     except KeyboardInterrupt as err:  # one line, no traceback: what was saved and how to resume
-        print(f"scmoe-eval: {err or 'interrupted before any item was generated'}", file=sys.stderr)
+        print(f"scmoe-eval: {err or 'interrupted; saved items are kept, run the same command again to resume'}",
+              file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
 
 

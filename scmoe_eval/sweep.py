@@ -100,16 +100,18 @@ def check_sweep(argv: Sequence[str], config_dir: str) -> int:
         local = "slurm" not in str(hydra_cfg.launcher.get("_target_", "")).lower()
         builder, memo = _JobBuilder(config_dir, OverridesParser.create()), {}
         fixed = set(jobs[0]).intersection(*jobs) if len(jobs) > 1 else set()
-        bad = []
+        bad: dict[str, list[str]] = {}  # reason -> the jobs it applies to (an offline Hub fails many alike)
         for index, job in enumerate(jobs):
             try:
                 check(to_experiment(builder.build(job)), memo, gpu=local)
             except (ConfigError, HydraException, OmegaConfBaseException) as err:
                 what = " ".join(o for o in job if o not in fixed) or " ".join(job)
-                bad.append(f"job {index} ({what}): {str(err).splitlines()[0]}")
+                bad.setdefault(str(err).splitlines()[0], []).append(f"{index} ({what})")
     if bad:
-        listed = bad[:MAX_LISTED] + ([f"... and {len(bad) - MAX_LISTED} more"] if len(bad) > MAX_LISTED else [])
+        lines = [f"job{'s' if len(which) > 1 else ''} {', '.join(which)}: {reason}" for reason, which in bad.items()]
+        listed = lines[:MAX_LISTED] + ([f"... and {len(lines) - MAX_LISTED} more"] if len(lines) > MAX_LISTED else [])
+        count = sum(map(len, bad.values()))
         raise ConfigError(
-            "multirun", f"{len(bad)} of {len(jobs)} jobs are invalid; nothing was run:\n  " + "\n  ".join(listed)
+            "multirun", f"{count} of {len(jobs)} jobs are invalid; nothing was run:\n  " + "\n  ".join(listed)
         )
     return len(jobs)

@@ -7,9 +7,10 @@ found at load time, before any model is loaded.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from scmoe_eval.config import TaskConfig
 
@@ -41,18 +42,57 @@ class HubSource:
         return f"{self.dataset}{subset} split={self.split} revision={self.revision}"
 
 
+DATA_HINT = (
+    "Run `make data` once with internet access (it caches the pinned datasets), or point "
+    "task.data_dir=/path/to/<task> at a folder holding the paper's test.jsonl, or use task.demo=true "
+    "for the few items shipped with the package."
+)
+
+
+def _offline_env() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _unreachable(source: HubSource) -> Exception | None:
+    """One HEAD request without retries: the transport error when the Hub cannot be reached, else None."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    url = hf_hub_url(source.dataset, "README.md", repo_type="dataset", revision=source.revision)
+    try:
+        get_hf_file_metadata(url, timeout=10)
+    except HfHubHTTPError:
+        return None  # the Hub answered (404, gated, ...): `datasets` says what it means
+    except Exception as err:  # noqa: BLE001 - DNS, refused, timeout: all mean "not reachable"
+        return err
+    return None
+
+
+def _cache_only(datasets_module: Any) -> None:
+    """This process reads the Hub cache only: no retry storm against a Hub it cannot reach."""
+    import huggingface_hub.constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    datasets_module.config.HF_HUB_OFFLINE = True
+
+
 def load_hub_rows(source: HubSource) -> list[dict]:
-    """All rows of the pinned split via `datasets`; an unreachable Hub names the override."""
+    """All rows of the pinned split via `datasets`; offline, the local cache only, failing once and fast."""
     import datasets
 
+    reason = "HF_HUB_OFFLINE is set" if _offline_env() else None
+    if reason is None:
+        error = _unreachable(source)
+        if error is not None:
+            reason = f"the Hub is unreachable: {type(error).__name__}: {error}"
+            _cache_only(datasets)
     try:
         ds = datasets.load_dataset(source.dataset, source.subset, split=source.split,
                                    revision=source.revision)
     except Exception as err:  # noqa: BLE001 - offline, missing, auth: all need the same advice
-        raise TaskDataError(
-            f"could not load {source.describe()} from the Hugging Face Hub ({err}). "
-            "Offline? Point task.data_dir=/path at a folder holding the paper's test.jsonl."
-        ) from err
+        why = f"{reason}, and it is not in the local cache" if reason else f"{type(err).__name__}: {err}"
+        raise TaskDataError(f"could not load {source.describe()} from the Hugging Face Hub ({why}). {DATA_HINT}") from None
     return [dict(row) for row in ds]
 
 

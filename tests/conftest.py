@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SCMOE_SHARED_DIR", REPO.parent / "shared"))
+# The paper's files beside the clone (CI); else what `make data` wrote from the pinned Hub datasets.
+SHARED = Path(os.environ.get("SCMOE_SHARED_DIR") or next(
+    (p for p in (REPO.parent / "shared", REPO / ".cache" / "shared") if (p / "data").is_dir()), REPO.parent / "shared"))
+BENCHMARKS = ("gsm8k", "strategy_qa", "mbpp", "human_eval")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -22,12 +25,24 @@ def shared_data() -> Path:
     reason; everything else runs on the shipped demo subset (task.demo=true) or fixtures.
     """
     path = SHARED / "data"
-    if not path.is_dir():
+    missing = [task for task in BENCHMARKS if not (path / task / "test.jsonl").is_file()]
+    if missing:
         pytest.skip(
-            f"needs the paper's full data files, not found at {path}: set SCMOE_SHARED_DIR=/dir/holding/data "
-            "(data/<task>/test.jsonl and input.jsonl as the paper's repository ships them)"
+            f"needs the full benchmark data, not found at {path} ({', '.join(missing)}): run `make data` (pinned "
+            "Hub datasets, needs internet) or set SCMOE_SHARED_DIR=/dir/holding/data/<task>/test.jsonl"
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def paper_files(shared_data: Path) -> Path:
+    """`shared_data` plus what only the paper's repository has: its prompts (input.jsonl) and paper.md."""
+    wanted = [shared_data.parent / "paper.md", *(shared_data / task / "input.jsonl" for task in BENCHMARKS)]
+    missing = [str(p) for p in wanted if not p.is_file()]
+    if missing:
+        pytest.skip(f"needs the paper's own files ({', '.join(missing)}): set SCMOE_SHARED_DIR to the folder holding "
+                    "paper.md and data/<task>/input.jsonl")
+    return shared_data
 
 
 @pytest.fixture(scope="session")

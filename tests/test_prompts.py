@@ -21,9 +21,9 @@ def test_registry_has_all_tasks():
 
 
 @pytest.mark.parametrize("name", sorted(COUNTS))
-def test_prompts_byte_identical(shared_data, name):
-    items = get_task(name).load(paper_cfg(shared_data, name))
-    with open(shared_data / name / "input.jsonl", encoding="utf-8") as fh:
+def test_prompts_byte_identical(paper_files, name):
+    items = get_task(name).load(paper_cfg(paper_files, name))
+    with open(paper_files / name / "input.jsonl", encoding="utf-8") as fh:
         expected = [json.loads(line)["instructions"] for line in fh]
     assert len(items) == len(expected) == COUNTS[name]
     mismatched = [item.id for item, want in zip(items, expected) if item.prompt != want]
@@ -45,12 +45,12 @@ def test_demo_subset_prompts_byte_identical(name):
 
 
 @pytest.mark.parametrize("name", sorted(COUNTS))
-def test_demo_subset_is_the_head_of_the_paper_files(shared_data, name):
+def test_demo_subset_is_the_head_of_the_paper_files(paper_files, name):
     from scmoe_eval.tasks.benchmark import demo_dir
 
     for kind in ("test.jsonl", "input.jsonl"):
         demo = (demo_dir(name) / kind).read_text("utf-8").splitlines()
-        full = (shared_data / name / kind).read_text("utf-8").splitlines()
+        full = (paper_files / name / kind).read_text("utf-8").splitlines()
         assert demo == full[: len(demo)]
 
 
@@ -92,11 +92,11 @@ def test_stop_override_wins_even_when_empty():
     assert get_task("mbpp").stop_sequences(TaskConfig(stop=[])) == []
 
 
-def test_write_prompts_dry_run(shared_data, tmp_path):
+def test_write_prompts_dry_run(paper_files, tmp_path):
     out = tmp_path / "dry" / "prompts.jsonl"
-    n = write_prompts("mbpp", paper_cfg(shared_data, "mbpp"), out, limit=3)
+    n = write_prompts("mbpp", paper_cfg(paper_files, "mbpp"), out, limit=3)
     rows = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
-    with open(shared_data / "mbpp" / "input.jsonl", encoding="utf-8") as fh:
+    with open(paper_files / "mbpp" / "input.jsonl", encoding="utf-8") as fh:
         expected = [json.loads(next(fh))["instructions"] for _ in range(3)]
     assert n == 3 and [r["prompt"] for r in rows] == expected
     assert rows[0]["id"] == "mbpp/11" and rows[2]["index"] == 2

@@ -9,11 +9,11 @@ import pytest
 from scmoe_eval.tasks.__main__ import main
 
 
-def test_dry_run_writes_the_paper_prompts(shared_data, tmp_path) -> None:
+def test_dry_run_writes_the_paper_prompts(paper_files, tmp_path) -> None:
     out = tmp_path / "prompts.jsonl"
-    main(["strategy_qa", str(out), "--data-dir", str(shared_data / "strategy_qa"), "--limit", "5"])
+    main(["strategy_qa", str(out), "--data-dir", str(paper_files / "strategy_qa"), "--limit", "5"])
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-    paper = [json.loads(line)["instructions"] for line in (shared_data / "strategy_qa" / "input.jsonl").open()][:5]
+    paper = [json.loads(line)["instructions"] for line in (paper_files / "strategy_qa" / "input.jsonl").open()][:5]
     assert [r["prompt"] for r in rows] == paper
     assert all(r["stop"] == ["\n\n"] for r in rows) and [r["index"] for r in rows] == list(range(5))
 

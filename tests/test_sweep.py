@@ -26,9 +26,10 @@ def test_every_bad_job_is_listed_before_any_runs(tmp_path: Path) -> None:
         check_sweep(argv, CONFIG_DIR)
     lines = str(info.value).splitlines()
     assert info.value.key == "multirun" and lines[0] == "multirun: 5 of 6 jobs are invalid; nothing was run:"
-    assert lines[1] == "  job 1 (strategy.weak.k=2 strategy.beta=-1): strategy.beta: must be >= 0, got -1.0"
+    assert lines[1] == ("  jobs 1 (strategy.weak.k=2 strategy.beta=-1), 3 (strategy.weak.k=9 strategy.beta=-1), "
+                        "5 (strategy.weak.k=12 strategy.beta=-1): strategy.beta: must be >= 0, got -1.0")
     assert "job 2 (strategy.weak.k=9 strategy.beta=0.5): strategy.weak.k: rank-9 needs at least 9 experts" in lines[2]
-    assert len(lines) == 6 and not any("job 0 " in line for line in lines)
+    assert "job 4 (strategy.weak.k=12 strategy.beta=0.5): strategy.weak.k: rank-12" in lines[3] and len(lines) == 4
 
 
 def test_paths_and_code_gate_are_checked_per_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,7 +41,7 @@ def test_paths_and_code_gate_are_checked_per_job(tmp_path: Path, monkeypatch: py
     text = str(info.value)
     assert "3 of 4 jobs are invalid" in text
     assert "job 1 (task=gsm8k model.path=/nonexistent/ckpt): model.path: '/nonexistent/ckpt' does not exist" in text
-    assert "job 2 (task=mbpp model.path=fixture" in text and "): task.allow_code_execution" in text
+    assert "jobs 2 (task=mbpp model.path=fixture" in text and "/nonexistent/ckpt): task.allow_code_execution" in text
 
 
 def test_single_runs_and_valid_sweeps_pass(tmp_path: Path) -> None:

@@ -136,9 +136,9 @@ def _section(md: str, start: str, end: str) -> str:
     return md[md.index(start):md.index(end, md.index(start))]
 
 
-def test_paper_data_matches_paper_md(shared_data):
+def test_paper_data_matches_paper_md(paper_files):
     """Every grid number in paper.py, re-read from /work/shared/paper.md by a separate parser."""
-    md = (shared_data.parent / "paper.md").read_text(encoding="utf-8")
+    md = (paper_files.parent / "paper.md").read_text(encoding="utf-8")
     titles = {"GSM8K": "gsm8k", "StrategyQA": "strategy_qa", "MBPP": "mbpp", "HumanEval": "human_eval"}
     checked = 0
 

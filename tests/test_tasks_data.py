@@ -156,3 +156,23 @@ def test_hub_rows_missing_fields_are_named(monkeypatch):
                                                                      {"answer": "#### 2"}])
     with pytest.raises(TaskDataError, match=r"openai/gsm8k.*row 1 is missing field\(s\) \['question'\]"):
         get_task("gsm8k").load(TaskConfig(name="gsm8k"))
+
+
+def test_unreachable_hub_without_offline_flag_fails_once_from_the_cache(monkeypatch, caplog):
+    """No HF_HUB_OFFLINE, no network: one probe, then the local cache only (no retry storm), one message."""
+    import datasets
+    import huggingface_hub.constants
+
+    from scmoe_eval.tasks import source
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    probes = []
+    monkeypatch.setattr(source, "_unreachable", lambda src: probes.append(src) or ConnectionError("no route to host"))
+    with caplog.at_level("WARNING"), pytest.raises(TaskDataError) as info:
+        get_task("mbpp").load(TaskConfig(name="mbpp", dataset="scmoe-eval/not-cached"))
+    message = str(info.value)
+    assert "the Hub is unreachable: ConnectionError: no route to host, and it is not in the local cache" in message
+    assert "make data" in message and "task.data_dir=/path" in message and "task.demo=true" in message
+    assert len(probes) == 1 and "Retrying" not in caplog.text
