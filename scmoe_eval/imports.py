@@ -164,8 +164,7 @@ def _one_task(path: Path, samples: list[tuple[int, str, str]], field: str, hint:
 # ---------------------------------------------------------------------------
 
 
-@register("human-eval", lambda path, first: isinstance(first, dict) and {"task_id", "completion"} <= first.keys()
-          and "doc_id" not in first)
+@register("human-eval", lambda path, first: isinstance(first, dict) and "task_id" in first and "doc" not in first)
 def read_human_eval(path: Path, hint: str | None, items_for: ItemsFor) -> Imported:
     """human-eval ``samples.jsonl``: ``{"task_id": "HumanEval/0", "completion": ...}`` per sample.
 
@@ -225,13 +224,9 @@ def read_bigcode(path: Path, hint: str | None, items_for: ItemsFor) -> Imported:
 
 
 def _bigcode_task(path: Path, data: list, items_for: ItemsFor) -> str:
+    """bigcode's MBPP prompt is a docstring; HumanEval prompts start with code (checked item by item later)."""
     first = next((g for gens in data for g in gens[:1]), "")
-    if first.startswith(items_for("human_eval")[0].prompt.strip()):
-        return "human_eval"
-    if first.startswith('"""\n'):
-        return "mbpp"
-    raise ImportFileError(path, None, "[0][0]", "neither a HumanEval program nor an MBPP docstring prompt; name the "
-                          "task with --task human_eval|mbpp")
+    return "mbpp" if first.startswith('"""\n') else "human_eval"
 
 
 def _strip_humaneval_prompt(path: Path, field: str, gen: str, item: Any) -> str:
@@ -261,7 +256,7 @@ def _strip_mbpp_prompt(path: Path, field: str, gen: str, item: Any) -> str:
     return gen[end + len('\n"""\n'):]
 
 
-@register("lm-eval", lambda path, first: isinstance(first, dict) and {"doc_id", "doc", "resps"} <= first.keys())
+@register("lm-eval", lambda path, first: isinstance(first, dict) and {"doc_id", "doc"} <= first.keys())
 def read_lm_eval(path: Path, hint: str | None, items_for: ItemsFor) -> Imported:
     """lm-eval ``--log_samples`` JSONL (``samples_<task>_<date>.jsonl``): one line per document and filter,
     with ``doc_id``, ``doc`` (the dataset row), ``target``, ``arguments``, ``resps`` and ``filtered_resps``.
@@ -321,7 +316,7 @@ def _lm_eval_item_id(path: Path, lineno: int, task: str, doc_id: int, doc: dict,
     return items[doc_id].id
 
 
-@register("jsonl", lambda path, first: isinstance(first, dict) and {"id", "completion"} <= first.keys())
+@register("jsonl", lambda path, first: isinstance(first, dict) and "id" in first and "doc" not in first)
 def read_plain_jsonl(path: Path, hint: str | None, items_for: ItemsFor) -> Imported:
     """Plain JSONL, ``{"id": "gsm8k/0", "completion": ...}`` per sample, for any of our four tasks (our own
     ``generations.jsonl`` is one). ``completion`` means what it means in ours; several lines per id are
