@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per program, both sides")
     parser.add_argument("--limit", type=int, default=None, help="problems per benchmark (default: all)")
+    parser.add_argument("--recheck-timeout", type=float, default=60.0,
+                        help="re-run each disagreement on both sides with this timeout: one that vanishes was a "
+                             "slow program on a loaded machine, not a semantic difference")
     parser.add_argument("--mbpp", type=Path, default=SHARED / "data" / "mbpp" / "test.jsonl")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench" / "differential_sandbox.json")
     args = parser.parse_args()
@@ -36,7 +39,13 @@ def main() -> None:
     if mbpp is None:
         print(f"MBPP file {args.mbpp} not found: HumanEval, probes and hostile programs only", file=sys.stderr)
     load_before = os.getloadavg()
-    report = compare(build_corpus(mbpp, limit=args.limit), timeout=args.timeout, workers=args.workers)
+    cases = build_corpus(mbpp, limit=args.limit)
+    report = compare(cases, timeout=args.timeout, workers=args.workers)
+    by_name = {case.name: case for case in cases}
+    for row in report["disagreements"]:
+        again = compare([by_name[row["name"]]], timeout=args.recheck_timeout, workers=1)
+        row["recheck"] = {"timeout_s": args.recheck_timeout, "agree": not again["disagreements"]}
+    report["disagreements_after_recheck"] = [r["name"] for r in report["disagreements"] if not r["recheck"]["agree"]]
     report.update({
         "mbpp_source": str(mbpp) if mbpp else None,
         "python": sys.version.split()[0],
@@ -47,9 +56,9 @@ def main() -> None:
     })
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"{report['agreements']}/{report['n_programs']} agree, {len(report['disagreements'])} disagreements "
-          f"-> {args.out}")
-    sys.exit(1 if report["disagreements"] else 0)
+    print(f"{report['agreements']}/{report['n_programs']} agree, {len(report['disagreements'])} disagreements, "
+          f"{len(report['disagreements_after_recheck'])} after the recheck -> {args.out}")
+    sys.exit(1 if report["disagreements_after_recheck"] else 0)
 
 
 if __name__ == "__main__":
