@@ -160,6 +160,8 @@ def test_batched_forward_equals_separate_runs(tiny_mixtral) -> None:
     real = enc.mask.bool()[:, None, :, None].expand_as(batched)
     assert batched.shape == separate.shape == (2, 9, enc.ids.shape[1], 512)
     torch.testing.assert_close(batched[real], separate[real], rtol=0, atol=2e-6)  # GEMM shapes differ: ~3e-7
+    one, _ = multi_routing_forward(tiny_mixtral, enc, PAPER_WEAK, by_width=False)  # all 9 rows in one call
+    torch.testing.assert_close(one[real], separate[real], rtol=0, atol=2e-6)
     for j, policy in enumerate(PAPER_WEAK):  # and each row ran under its own routing, layer by layer
         _, alone = multi_routing_forward(tiny_mixtral, enc, [policy], record=True)
         for layer, (mixed, single) in enumerate(zip(routes, alone)):
@@ -215,6 +217,14 @@ def test_rank1_in_the_same_forward_gives_kl_and_unchosen_exactly_zero(top1_mixtr
     assert own[0] < own[1] < 100.0 and own[2] > own[1]
     first = [summary["own_stream"][label]["per_layer_pct"][0] for label in labels]
     assert first == same  # layer 0 sees the same hidden states in every row: both readings agree there
+
+
+def test_width_groups_put_the_strong_pass_alone_and_all_single_expert_weak_rows_together() -> None:
+    from scmoe_eval.analysis.forward import width_groups
+
+    paper_set = [P.topk(2), *(P.rank(k) for k in range(1, 9)), P.random(1)]
+    assert width_groups(paper_set, 2, 8) == [[0], list(range(1, 10))]
+    assert width_groups([P.default(), P.rank(2), P.topk(3), P.topk(2), P.topp(0.5)], 2, 8) == [[0, 3], [1], [2], [4]]
 
 
 def test_in_set_and_same_forward_experts() -> None:

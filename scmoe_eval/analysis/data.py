@@ -1,7 +1,8 @@
 """GSM8K question + gold-answer texts for the teacher-forced analyses.
 
 Sources, in the order the config picks them:
-- `task.data_dir=demo`: the few items shipped in scmoe_eval/analysis/data/gsm8k_demo (MIT, see its README),
+- `task.data_dir=demo` (or `task.demo=true` where TaskConfig has it): the few items shipped in
+  scmoe_eval/analysis/data/gsm8k_demo (MIT, see its README),
   so the analyses run on a fresh clone with no Hub and no ../shared;
 - `task.data_dir=DIR`: DIR/<split>.jsonl in the original release's layout (openai/grade-school-math),
   which is what ../shared/data/gsm8k holds; the item count is checked (7,473 train, 1,319 test);
@@ -56,7 +57,7 @@ def _rows(task: TaskConfig, split: str) -> list[tuple[int, dict]]:
     from scmoe_eval.tasks.source import TaskDataError, check_count, load_hub_rows, read_jsonl
 
     try:
-        if task.data_dir == DEMO:
+        if task.data_dir == DEMO or getattr(task, "demo", False):  # task.demo=true: the task's shipped-subset switch
             rows = read_jsonl(demo_dir() / f"{split}.jsonl", ("question", "answer", "idx"))
             return [(int(r["idx"]), r) for r in rows]
         if task.data_dir:

@@ -1,8 +1,9 @@
 """One teacher-forced forward of several routings of the same MoE, with every router's choice recorded.
 
 Item i under routing j is batch row i*R + j (R routings, j=0 the strong one), so the strong pass
-runs once per item and every weak routing is an extra row of the same forward, as SCMoE decoding
-batches its strong and weak rows. Each row has its own hidden states all the way up, so a weak row's
+runs once per item and the weak routings are extra rows of one batched forward, as SCMoE decoding
+batches its strong and weak rows; routings of different expert widths go to separate forwards
+(`width_groups`: for top-2 + rank-1..8 + random-1 that is the strong forward and one 9-row weak forward). Each row has its own hidden states all the way up, so a weak row's
 router at layer l sees the weak row's own states (and attends over its own earlier positions: what the
 weak stream's KV cache holds during SCMoE decoding).
 
@@ -109,31 +110,77 @@ def _positions(mask: Tensor) -> Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)  # padding does not shift positions
 
 
-@torch.inference_mode()
-def multi_routing_forward(
-    loaded: "LoadedModel", enc: Encoded, policies: Sequence["RoutingPolicy"], record: bool = False
-) -> tuple[Tensor, list[LayerRoute]]:
-    """Logits (N, R, W, V) float32 of every item under every policy (policies[0] = strong), one forward.
+def slot_width(policy: "RoutingPolicy", default_k: int, num_experts: int) -> int:
+    """Expert slots per token the routing controller gives a row under `policy` (rows share the widest)."""
+    return {"default": default_k, "topk": policy.k, "rank": 1, "topp": num_experts, "random": policy.k}[policy.kind]
 
-    With `record`, also each MoE layer's routing (LayerRoute, in layer order)."""
-    n, width = enc.ids.shape
+
+def width_groups(policies: Sequence["RoutingPolicy"], default_k: int, num_experts: int) -> list[list[int]]:
+    """Policy indices grouped by slot width, in order of first appearance.
+
+    One forward per group: the controller pads every row of a call to the widest policy, so putting the
+    single-expert weak rows (rank-k, random-1) beside top-2 would make each of them compute 2 expert slots
+    (scripts/bench_analysis.py measures it). For the paper's set that is 2 forwards: strong, and all 9 weak."""
+    groups: dict[int, list[int]] = {}
+    for j, policy in enumerate(policies):
+        groups.setdefault(slot_width(policy, default_k, num_experts), []).append(j)
+    return list(groups.values())
+
+
+@torch.inference_mode()
+def _forward(
+    loaded: "LoadedModel", enc: Encoded, policies: Sequence["RoutingPolicy"], record: bool
+) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
+    """Logits (N*R, W, V) of one call with rows i*R + j, and the recorder's per-layer calls."""
     r = len(policies)
     ids = enc.ids.repeat_interleave(r, 0).to(loaded.device)  # row i*R + j
     mask = enc.mask.repeat_interleave(r, 0).to(loaded.device)
-    recorder = RouterRecorder(loaded) if record else None
-    with loaded.controller.use(list(policies) * n):
-        if recorder is None:
-            out = loaded.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False)
-            calls: list = []
-        else:
-            with recorder.recording() as calls:
-                out = loaded.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False)
-    logits = out.logits.float().view(n, r, width, -1)
+    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False)
+    with loaded.controller.use(list(policies) * enc.ids.shape[0]):
+        if not record:
+            return loaded.model(**kwargs).logits, []
+        recorder = RouterRecorder(loaded)
+        with recorder.recording() as calls:
+            logits = loaded.model(**kwargs).logits
+        return logits, calls
+
+
+@torch.inference_mode()
+def multi_routing_forward(
+    loaded: "LoadedModel", enc: Encoded, policies: Sequence["RoutingPolicy"], record: bool = False,
+    by_width: bool = True,
+) -> tuple[Tensor, list[LayerRoute]]:
+    """Logits (N, R, W, V) float32 of every item under every policy (policies[0] = strong).
+
+    One forward per group of equally wide policies (`width_groups`; `by_width=False`: one forward for
+    all). With `record`, also each MoE layer's routing (LayerRoute, in layer order)."""
+    n, width = enc.ids.shape
+    r = len(policies)
+    ctl = loaded.controller
+    groups = width_groups(policies, ctl.default_k, ctl.num_experts) if by_width else [list(range(r))]
+    logits: Tensor | None = None
+    layers: list[list[tuple[list[int], Tensor, Tensor, Tensor]]] = []
+    for group in groups:
+        out, calls = _forward(loaded, enc, [policies[j] for j in group], record)
+        out = out.float().view(n, len(group), width, -1)
+        if logits is None:
+            logits = out.new_empty(n, r, width, out.shape[-1])
+        logits[:, group] = out
+        for layer, (index, active, order) in enumerate(calls):
+            if layer == len(layers):
+                layers.append([])
+            layers[layer].append((group, index.view(n, len(group), width, -1), active.view(n, len(group), width, -1),
+                                  order.view(n, len(group), width, -1)[:, 0]))
+    assert logits is not None
     routes = []
-    for index, active, order in calls:
-        k, e = index.shape[-1], order.shape[-1]
-        order = order.view(n, r, width, e)[:, 0]
-        routes.append(LayerRoute(index.view(n, r, width, k), active.view(n, r, width, k), order))
+    for parts in layers:
+        k = max(index.shape[-1] for _, index, _, _ in parts)
+        index_all = parts[0][1].new_zeros(n, r, width, k)
+        active_all = parts[0][2].new_zeros(n, r, width, k)
+        for group, index, active, _ in parts:
+            index_all[:, group, :, : index.shape[-1]] = index
+            active_all[:, group, :, : active.shape[-1]] = active
+        routes.append(LayerRoute(index_all, active_all, parts[0][3]))  # the first group starts with row 0, strong
     return logits, routes
 
 
@@ -144,8 +191,8 @@ def separate_forwards(
     """The naive reference: one forward per routing (same result as multi_routing_forward, R times the calls)."""
     outs = []
     for policy in policies:
-        logits, _ = multi_routing_forward(loaded, enc, [policy])
-        outs.append(logits[:, 0])
+        logits, _ = _forward(loaded, enc, [policy], record=False)
+        outs.append(logits.float())
     return torch.stack(outs, dim=1)  # (N, R, W, V)
 
 
