@@ -36,6 +36,8 @@ class BackendOptions:
 
 @dataclass(frozen=True)
 class Parsed:
+    """What `parse_model_args` returns: our config and the backend-only options."""
+
     cfg: ExperimentConfig  # model.path still as given (fixture:<family> stays portable in run dirs)
     options: BackendOptions
 
