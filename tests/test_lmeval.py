@@ -21,7 +21,6 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from scmoe_eval.config import ConfigError, ExperimentConfig, ModelConfig, RunConfig, StrategyConfig, TaskConfig  # noqa: E402
-from scmoe_eval.decoding.scmoe import scmoe_logits  # noqa: E402
 from scmoe_eval.decoding.sampler import GREEDY, SamplingParams  # noqa: E402
 from scmoe_eval.lmeval import backend as backend_module  # noqa: E402
 from scmoe_eval.lmeval.backend import SCMoELM  # noqa: E402

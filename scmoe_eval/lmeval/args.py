@@ -36,6 +36,8 @@ class BackendOptions:
 
 @dataclass(frozen=True)
 class Parsed:
+    """What `parse_model_args` returns: our config and the backend-only options."""
+
     cfg: ExperimentConfig  # model.path still as given (fixture:<family> stays portable in run dirs)
     options: BackendOptions
 
@@ -131,7 +133,8 @@ def _options(given: Mapping[str, Any]) -> BackendOptions:
 def parse_model_args(model_args: Mapping[str, Any], *, batch_size: Any = None, device: Any = None) -> Parsed:
     """Typed config + backend options from lm-eval's parsed `model_args` (values already typed by lm-eval).
 
-    `batch_size` / `device` are lm-eval's own `--batch_size` / `--device`; a model_args key wins over them.
+    `batch_size` / `device` are lm-eval's own `--batch_size` / `--device`; a model_args key wins over them,
+    and `device` only fills a `model.device` left at `auto` (lm-eval's CLI passes `cuda` by default).
     """
     backend_keys = {f.name for f in dataclasses.fields(BackendOptions)}
     given = dict(model_args)
@@ -142,13 +145,13 @@ def parse_model_args(model_args: Mapping[str, Any], *, batch_size: Any = None, d
             raise ConfigError("batch_size", f"must be an integer (no 'auto': the backend batches run.batch_size "
                                             f"requests at a time), got {batch_size!r}")
         ours["run.batch_size"] = batch_size
-    if device is not None and "model.device" not in ours:
-        ours["model.device"] = device
     for key in ours:
         _check_key(key)
     groups = [(k, _override(k, v)) for k, v in ours.items() if k in GROUPS]  # presets first, then fields
     fields = [(k, _override(k, v)) for k, v in ours.items() if k not in GROUPS]
     cfg = to_experiment(_compose_or_name(groups + fields))
+    if device is not None and "model.device" not in ours and cfg.model.device == "auto":
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, device=str(device)))
     s = cfg.strategy
     if s.name == "self-consistency" or s.num_samples != 1:
         raise ConfigError("strategy.num_samples" if s.name != "self-consistency" else "strategy",

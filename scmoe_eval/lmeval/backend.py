@@ -164,8 +164,9 @@ class SCMoELM(TemplateLM):
         """(log p(continuation | context), greedy?) per request; one forward per distinct input, batched."""
         members: dict[tuple[int, ...], list[int]] = defaultdict(list)  # model input -> requests it serves
         for i, (_, context, continuation) in enumerate(requests):
-            if not continuation:
-                raise ValueError(f"request {i}: empty continuation")
+            if not 0 < len(continuation) <= self.max_length:
+                raise ValueError(f"request {i}: continuation of {len(continuation)} tokens; "
+                                 f"it must be 1..max_length={self.max_length}")
             whole = (list(context) + list(continuation))[-(self.max_length + 1) :]
             members[tuple(whole[:-1])].append(i)  # the last token is predicted, never fed
         inputs = sorted(members, key=lambda ids: (-len(ids), ids))  # longest first: padding and OOMs show early

@@ -66,13 +66,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except ConfigError as err:
         print(f"scmoe-eval-lmeval: error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_CONFIG)
-    _print_summary([run_dir for run_dir, _ in done])
+    _print_summary(done)
 
 
-def _print_summary(run_dirs: list[Path]) -> None:
-    """The run dirs, then the comparison table over them (what scmoe-eval-table prints)."""
+def _print_summary(done: list[tuple[Path, Optional[dict]]]) -> None:
+    """lm-eval's table of each evaluation, the run dirs, then the comparison table over them."""
     from scmoe_eval import tables
+    from scmoe_eval.lmeval.runner import results_table
 
+    printed: set[int] = set()
+    for _, results in done:
+        if results is not None and id(results) not in printed:
+            printed.add(id(results))
+            print(results_table(results) + "\n")
+    run_dirs = [run_dir for run_dir, _ in done]
     for run_dir in run_dirs:
         print(run_dir)
     runs = tables.load_runs(run_dirs)

@@ -101,6 +101,26 @@ def task_metrics(name: str, results: Mapping[str, Any]) -> dict:
     }
 
 
+def results_table(results: Mapping[str, Any]) -> str:
+    """lm-eval's per-task table (task, version, filter, n-shot, metric, value, stderr) as markdown.
+
+    lm-eval's own `make_table` prints A, B, C... as headers with the pytablewriter our pins allow (0.38).
+    """
+    from tabulate import tabulate
+
+    rows = []
+    for task, block in sorted(results["results"].items()):
+        for key, value in block.items():
+            if "," not in key or "_stderr" in key:
+                continue
+            metric, filter_name = key.split(",", 1)
+            stderr = block.get(f"{metric}_stderr,{filter_name}")
+            rows.append([task, results.get("versions", {}).get(task), filter_name, results.get("n-shot", {}).get(task),
+                         metric, value, stderr])
+    headers = ["task", "version", "filter", "n-shot", "metric", "value", "stderr"]
+    return tabulate(rows, headers=headers, tablefmt="github", floatfmt=("", "", "", "", "", ".4f", ".4f"))
+
+
 def _subset(results: Mapping[str, Any], names: set[str]) -> dict:
     """lm-eval's results dict restricted to `names` in its per-task sections, without samples."""
     out = {k: v for k, v in results.items() if k != "samples"}
