@@ -306,6 +306,7 @@ class DecodeEngine:
         ban_eos: bool = False,
         two_pass: bool | None = None,
         baseline: "Baseline | None" = None,
+        num_samples: int = 1,
     ) -> list[Generation]:
         """Decode every prompt until EOS (unless banned), a stop string, or max_new_tokens.
 
@@ -313,13 +314,17 @@ class DecodeEngine:
         batched, or with `two_pass=True` two forwards per step (None: batched, the faster mode). One seed per prompt drives a
         per-row generator, so a sample never depends on the rest of the batch. `baseline` (CD, DoLa,
         contrastive search; decoding/baselines.py) supplies its own scorer under stock routing.
+        `num_samples` > 1 prefills each prompt once and fans its KV cache out to that many rows; `seeds`
+        then holds one seed per (prompt, sample), prompt-major, and so does the returned list.
         """
+        if num_samples < 1:
+            raise ValueError("num_samples must be >= 1")
         n = len(prompts)
         if n == 0:
             return []
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
-        generators = self._generators(seeds, n, sampling)
+        generators = self._generators(seeds, n * num_samples, sampling)
         ban = torch.tensor(self.eos_ids, device=self.device) if ban_eos and self.eos_ids else None
         two_pass = bool(two_pass)  # None: batched, measured faster or equal on CPU and H200 (docs/decoding.md)
         if baseline is not None:
@@ -335,16 +340,21 @@ class DecodeEngine:
         checker = StopChecker(self.tokenizer, stops)
         eos = set() if ban_eos else set(self.eos_ids)
 
-        tokens: list[list[int]] = [[] for _ in range(n)]
-        reasons: list[str | None] = [None] * n
+        tokens: list[list[int]] = [[] for _ in range(n * num_samples)]
+        reasons: list[str | None] = [None] * (n * num_samples)
+        m = n * num_samples  # decode rows per routing stream
         if baseline is not None:  # rows and routing policies of one decode forward
-            rows, policies = n * baseline.rows_per_prompt(), [None]
+            rows, policies = m * baseline.rows_per_prompt(), [None]
         elif contrast is None:
-            rows, policies = n, [routing]
+            rows, policies = m, [routing]
         else:
-            rows, policies = (n if two_pass else 2 * n), [contrast.strong, contrast.weak]
+            rows, policies = (m if two_pass else 2 * m), [contrast.strong, contrast.weak]
         with self.controller.use(None):  # whatever routing was in force comes back afterwards
             scores = scorer.prefill(*self.encode(prompts))  # (n, V)
+            if num_samples > 1:  # one prefill per prompt, its cache shared by the samples
+                fan = torch.arange(n, device=self.device).repeat_interleave(num_samples)
+                scorer.select(fan)
+                scores = scores[fan.to(scores.device)]
             paired = contrast is not None and not two_pass and baseline is None
             with self._decode_kernels(rows, policies, paired):
                 self._decode(scorer, scores, sampling, generators, checker, eos, max_new_tokens, tokens, reasons)
