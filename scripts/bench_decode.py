@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -27,10 +28,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, MixtralConfig, Mix
 from transformers.models.mixtral.modeling_mixtral import MixtralRotaryEmbedding
 
 from scmoe_eval.decoding.engine import Contrast, DecodeEngine
+from scmoe_eval.decoding.traffic import TrafficCounter, floor_ratio
 from scmoe_eval.models.loading import LoadedModel
 from scmoe_eval.models.routing import RoutingController, RoutingPolicy
 
-METHODS = ("hf_generate", "greedy", "scmoe_batched", "scmoe_two_pass")
+METHODS = ("hf_generate", "greedy", "scmoe_batched", "scmoe_two_pass", "greedy_grouped_mm", "scmoe_grouped_mm")
+DEFAULT_METHODS = METHODS[:4]  # *_grouped_mm: the engine's CPU decode path before routed_rows (for before/after)
+# The paper's code on the mid32k shape (issue 9, CPU fp32, 1 thread, batch 1): greedy 62.8, SCMoE 112.0 ms/token,
+# against HF generate 60.2 and our greedy 60.3 in the same run.
+PAPER_CODE_MID = dict(greedy=62.8, scmoe=112.0, hf_generate=60.2, our_greedy=60.3)
 MIXTRAL_8X7B = dict(
     vocab_size=32000,
     hidden_size=4096,
@@ -79,12 +85,35 @@ LARGE_CPU = dict(
 )
 
 
+# The issue-9 "mid" shape (the paper's code was timed on it): hidden 512, 8 layers, vocab 32000.
+MID32K = dict(
+    vocab_size=32000,
+    hidden_size=512,
+    intermediate_size=1792,
+    num_hidden_layers=8,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    num_local_experts=8,
+    num_experts_per_tok=2,
+    max_position_embeddings=8192,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+    tie_word_embeddings=False,
+)
+
+
 def cpu_subjects(sizes: list[str]) -> list[Subject]:
-    """Random float32 Mixtrals: the cached tiny / mid (hidden 512) fixtures, `large` (hidden 1024) in memory."""
+    """Random float32 Mixtrals: the cached tiny / mid (hidden 512) fixtures, `large` (hidden 1024) and
+    `mid32k` (the issue-9 shape, word tokenizer over 32000 ids) in memory."""
     from scmoe_eval.models.fixtures import fixture_path
 
     out = []
     for size in sizes:
+        if size == "mid32k":
+            config = MixtralConfig(**MID32K)
+            out.append(_wrap(size, random_mixtral(config, "cpu", torch.float32), word_tokenizer(config.vocab_size), "cpu"))
+            continue
         path = fixture_path("mixtral", size="tiny" if size == "large" else size)
         tokenizer = AutoTokenizer.from_pretrained(path)
         if size == "large":
@@ -136,6 +165,9 @@ def prompts(batch: int, length: int, vocab: int) -> list[str]:
 def runner(subject: Subject, method: str, texts: list[str], new_tokens: int) -> Callable[[], list[list[int]]]:
     """A closure that runs one method and returns the generated token ids per prompt."""
     engine, model = subject.engine, subject.loaded.model
+    if method.endswith("_grouped_mm"):
+        engine, method = DecodeEngine(subject.loaded, decode_experts="grouped_mm"), method.replace("_grouped_mm", "")
+        method = "scmoe_batched" if method == "scmoe" else method
     contrast = Contrast(RoutingPolicy.topk(2), RoutingPolicy.rank(2), alpha=0.1, beta=0.5)
     if method == "hf_generate":
         ids, mask = engine.encode(texts)
@@ -187,6 +219,7 @@ def bench_subject(subject: Subject, batches: list[int], args: argparse.Namespace
             for m, fn in fns.items():
                 times[m].append(timed(fn, device))
         peaks = measure_peaks(fns, device) if device == "cuda" else {}
+        traffic = count_traffic(subject, texts, args.new_tokens) if args.traffic else {}
         for m in args.methods:
             sec = statistics.median(times[m])
             row = dict(
@@ -200,6 +233,8 @@ def bench_subject(subject: Subject, batches: list[int], args: argparse.Namespace
             )
             if m in peaks:
                 row["peak_mem_gib"] = peaks[m]
+            if m in traffic:
+                row["traffic"] = traffic[m]
             rows.append(row)
             print(
                 f"{subject.name:>18} B={batch:<2} {m:<15} {row['ms_per_token']:9.2f} ms/token "
@@ -207,6 +242,16 @@ def bench_subject(subject: Subject, batches: list[int], args: argparse.Namespace
                 flush=True,
             )
     return rows
+
+
+def count_traffic(subject: Subject, texts: list[str], new_tokens: int) -> dict[str, dict]:
+    """One counted run each of greedy and batched SCMoE: experts touched and bytes read per decode step."""
+    out = {}
+    for method, roles in (("greedy", ("strong",)), ("scmoe_batched", ("strong", "weak"))):
+        with TrafficCounter(subject.loaded.model, roles) as counter:
+            runner(subject, method, texts, new_tokens)()
+        out[method] = counter.summary()
+    return out
 
 
 def measure_peaks(fns: dict[str, Callable[[], list[list[int]]]], device: str) -> dict[str, float]:
@@ -237,7 +282,21 @@ def summarize(rows: list[dict], subjects: list[Subject], args: argparse.Namespac
             ratios = dict(greedy_over_hf=("greedy", "hf_generate"), scmoe_batched_over_greedy=("scmoe_batched", "greedy"),
                           scmoe_two_pass_over_greedy=("scmoe_two_pass", "greedy"),
                           batched_over_two_pass=("scmoe_batched", "scmoe_two_pass"))
+            ratios.update(scmoe_over_before=("scmoe_batched", "scmoe_grouped_mm"), greedy_over_before=("greedy", "greedy_grouped_mm"),
+                          before_scmoe_over_greedy=("scmoe_grouped_mm", "greedy_grouped_mm"))
             entry = {name: ms[a] / ms[c] for name, (a, c) in ratios.items() if a in ms and c in ms}
+            traffic = {m: by[(s.name, b, m)].get("traffic") for m in ("greedy", "scmoe_batched") if m in ms}
+            if all(traffic.values()) and len(traffic) == 2:
+                entry["floor_ratio"] = floor_ratio(traffic["scmoe_batched"], traffic["greedy"])
+                entry["weak_extra_experts_per_layer"] = traffic["scmoe_batched"]["weak_extra_per_layer"] / b
+                entry["measured_over_floor"] = entry["scmoe_batched_over_greedy"] / entry["floor_ratio"]
+            if s.name == "mid32k" and "scmoe_batched" in ms:  # the paper's code, translated through our greedy and HF's
+                p = PAPER_CODE_MID
+                old = ms.get("greedy_grouped_mm", ms.get("greedy"))  # the greedy path the paper's code was timed against
+                if old is not None:
+                    entry["scmoe_over_paper_code_via_greedy"] = ms["scmoe_batched"] / (old * p["greedy"] / p["our_greedy"] * p["scmoe"] / p["greedy"])
+                if "hf_generate" in ms:
+                    entry["scmoe_over_paper_code_via_hf"] = ms["scmoe_batched"] / (ms["hf_generate"] * p["scmoe"] / p["hf_generate"])
             peak = {m: by[(s.name, b, m)].get("peak_mem_gib") for m in args.methods}
             if peak.get("greedy") is not None:
                 dtype_bytes = next(s.loaded.model.parameters()).element_size()
@@ -262,14 +321,16 @@ def main() -> None:
     parser.add_argument(
         "--decode-experts", default=None, help="experts implementation of our decode steps (default: engine's choice)"
     )
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--cpu-sizes", nargs="+", choices=["tiny", "mid", "large"], default=["tiny", "mid", "large"])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(DEFAULT_METHODS))
+    parser.add_argument("--cpu-sizes", nargs="+", choices=["tiny", "mid", "large", "mid32k"], default=["tiny", "mid", "large"])
+    parser.add_argument("--traffic", action="store_true", help="count experts touched and bytes read: floor ratio, measured/floor")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (the dev machine is shared)")
     args = parser.parse_args()
     args.new_tokens = args.new_tokens or (32 if args.device == "cpu" else 64)
     out = args.out or Path("results/bench") / f"{args.device}.json"
 
     torch.manual_seed(0)
+    load_start = os.getloadavg()
     started = time.perf_counter()
     if args.device == "cuda":
         if not torch.cuda.is_available():
@@ -293,6 +354,8 @@ def main() -> None:
         torch=torch.__version__,
         transformers=transformers.__version__,
         settings=dict(prompt_len=args.prompt_len, new_tokens=args.new_tokens, rounds=args.rounds, batches=args.batch),
+        loadavg_start=load_start,
+        loadavg_end=os.getloadavg(),
         experts_implementation={s.name: s.loaded.model.config._experts_implementation for s in subjects},
         decode_experts=args.decode_experts or "engine default",
         results=rows,

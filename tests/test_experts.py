@@ -65,18 +65,49 @@ def test_unsupported_layouts_fall_back_to_batched_mm(monkeypatch):
 @pytest.mark.parametrize("family", FIXTURE_FAMILIES)
 @torch.no_grad()
 def test_decoding_with_dense_hit_equals_the_model_default(family):
+    """dense_hit and routed_rows forced, and the engine's own CPU choice (routed_rows for small steps plus
+    the few-rows LM head for paired SCMoE rows), give grouped_mm's tokens on every family."""
     lm = load_model(ModelConfig(path=str(fixture_path(family)), dtype="float32", device="cpu"))
     scmoe = Contrast(P.topk(2), P.rank(2))
-    stock, dense = DecodeEngine(lm), DecodeEngine(lm, decode_experts=experts.NAME)
+    stock = DecodeEngine(lm, decode_experts="grouped_mm")
+    others = {name: DecodeEngine(lm, decode_experts=name) for name in (experts.NAME, experts.ROUTED)}
+    others["engine default"] = DecodeEngine(lm)
     used: list[str] = []  # the implementation each experts call ran under
     blocks = [m for m in lm.model.modules() if type(m).__name__.endswith("Experts")]
     handles = [b.register_forward_pre_hook(lambda m, a: used.append(m.config._experts_implementation)) for b in blocks]
     for kwargs in (dict(contrast=scmoe), dict(routing=P.topp(0.7)), dict()):
-        want = [g.token_ids for g in stock.generate(PROMPTS, max_new_tokens=24, ban_eos=True, **kwargs)]
-        used.clear()
-        got = [g.token_ids for g in dense.generate(PROMPTS, max_new_tokens=24, ban_eos=True, **kwargs)]
-        assert got == want, (family, kwargs)
-        assert used.count(experts.NAME) >= 23 * len(blocks), (family, kwargs)  # every decode step ran dense_hit
+        for prompts in (PROMPTS, PROMPTS[:1]):
+            want = [g.token_ids for g in stock.generate(prompts, max_new_tokens=24, ban_eos=True, **kwargs)]
+            for name, engine in others.items():
+                used.clear()
+                got = [g.token_ids for g in engine.generate(prompts, max_new_tokens=24, ban_eos=True, **kwargs)]
+                assert got == want, (family, kwargs, name, len(prompts))
+                if name != "engine default":
+                    assert used.count(name) >= 23 * len(blocks), (family, kwargs)  # every decode step ran it
     for handle in handles:
         handle.remove()
-    assert experts.NAME not in lm.model.get_experts_implementation().values()  # decode-only switch restored
+    assert not {experts.NAME, experts.ROUTED} & set(lm.model.get_experts_implementation().values())  # restored
+
+
+def test_routed_rows_matches_a_per_slot_reference_and_skips_padding():
+    module = _toy_experts(E=6, H=8, I=20)  # gate_up (40, 8) is tall: the W @ x.T path runs for shared experts
+    hidden = torch.randn(5, 8, generator=torch.Generator().manual_seed(2))
+    index = torch.tensor([[2, 5], [5, 5], [0, 2], [2, 2], [4, 1]])  # row 1: one expert padded; row 3: a repeat
+    weights = torch.tensor([[0.7, 0.3], [1.0, 0.0], [0.4, 0.6], [0.5, 0.5], [0.0, 0.0]])  # row 4: nothing routed
+    calls: list[int] = []
+    gate = module._apply_gate
+    module._apply_gate = lambda x: calls.append(x.shape[0]) or gate(x)
+    got = experts.routed_rows_experts_forward(module, hidden, index, weights)
+    assert got.dtype == hidden.dtype
+    torch.testing.assert_close(got.double(), _per_slot(module, hidden, index, weights), rtol=1e-5, atol=1e-5)
+    assert sorted(calls) == [1, 2, 4]  # experts 0 / 5 (padding skipped) / 2 (row 3 twice); 1 and 4 at weight 0 never run
+    assert torch.equal(got[4], torch.zeros(8))
+
+
+def test_few_rows_linear_is_the_same_product():
+    g = torch.Generator().manual_seed(3)
+    x, tall = torch.randn(3, 16, generator=g), torch.randn(80, 16, generator=g)
+    torch.testing.assert_close(experts._few_rows_linear(x, tall), F.linear(x, tall))
+    assert torch.equal(experts._few_rows_linear(x[:1], tall), F.linear(x[:1], tall))  # one row: nn.Linear's own call
+    wide, xw = torch.randn(16, 80, generator=g), torch.randn(3, 80, generator=g)
+    assert torch.equal(experts._few_rows_linear(xw, wide), F.linear(xw, wide))  # not tall: nn.Linear's own call

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from scmoe_eval.config import RoutingConfig, StrategyConfig
@@ -92,3 +94,29 @@ def test_scmoe_strategy_matches_engine_call(tiny_mixtral) -> None:
     contrast = Contrast(RoutingPolicy.topk(2), RoutingPolicy.rank(2), 0.1, 0.5)
     direct = engine.generate(PROMPTS, max_new_tokens=8, contrast=contrast, ban_eos=True)
     assert [[g.token_ids for g in row] for row in out] == [[g.token_ids] for g in direct]
+
+
+@pytest.mark.parametrize("inner, two_pass", [("sample", None), ("scmoe-sample", False), ("scmoe-sample", True)])
+def test_shared_prefill_gives_todays_samples(tiny_mixtral, inner, two_pass) -> None:
+    """n samples from one prefill per prompt (the KV cache fanned out) equal n separate engine calls,
+    one per sample index (the path before prefill sharing), token for token and record for record;
+    and the prompts are prefilled once, not n times."""
+    engine = DecodeEngine(tiny_mixtral)
+    cfg = StrategyConfig(name="self-consistency", inner=inner, num_samples=5, temperature=0.9, two_pass=two_pass)
+    shared = build_strategy(cfg)
+    prompts = ["Question: There are 15 trees in the grove. How many trees?\nAnswer:", "12 + 30 = 42. 7 * 8 ="]
+    kw = dict(stops=["\n\n", "e"], max_new_tokens=20, seeds=[10, 20])
+    prefills: list[int] = []
+    hook = tiny_mixtral.model.register_forward_pre_hook(
+        lambda m, a, k: prefills.append(k["input_ids"].shape[0]) if k["input_ids"].shape[1] > 1 else None,
+        with_kwargs=True)
+    try:
+        got = shared.generate(engine, prompts, **kw)
+    finally:
+        hook.remove()
+    want = replace(shared, share_prefill=False).generate(engine, prompts, **kw)
+    assert [[g.to_record() for g in row] for row in got] == [[g.to_record() for g in row] for row in want]
+    assert len({tuple(g.token_ids) for g in got[0]}) > 1
+    assert {g.stop_reason for row in got for g in row} - {"length"}  # rows leave the fanned-out batch early
+    rows_per_prompt = 1 if inner == "sample" or two_pass else 2
+    assert sum(prefills) == len(prompts) * rows_per_prompt * (2 if two_pass else 1)  # once, not 5 times

@@ -12,7 +12,7 @@ size measured (results/bench/). Rows that finish are dropped from the batch and 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
@@ -20,9 +20,11 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
+from scmoe_eval.decoding.kernels import few_rows_head, head_suits
 from scmoe_eval.decoding.sampler import GREEDY, Sampler, SamplingParams
 from scmoe_eval.decoding.scmoe import scmoe_logits
 from scmoe_eval.decoding.stopping import StopChecker
+from scmoe_eval.models.experts import ROUTED as ROUTED_ROWS
 
 if TYPE_CHECKING:
     from scmoe_eval.decoding.baselines import Baseline
@@ -244,23 +246,31 @@ class DecodeEngine:
         return {"rank": 1, "topp": self.controller.num_experts}.get(policy.kind, policy.k)
 
     @contextmanager
-    def _decode_kernels(self, rows: int, policies: Sequence[Policy]) -> Iterator[None]:
+    def _decode_kernels(self, rows: int, policies: Sequence[Policy], paired: bool = False) -> Iterator[None]:
         """Pick the experts implementation for the single-token decode steps (prefill keeps its own).
 
         Off CPU, batched_mm gathers one weight copy per (token, expert slot): fastest while there are
         few slots, ruinous with many (H200, Mixtral-8x7B shape: 27 vs 36 ms/token at B=1, 126 vs 40 at
         B=8, results/bench/h200_decode_*.json). So grouped_mm becomes batched_mm only for <= E/2 slots per step.
+        On CPU, grouped_mm becomes routed_rows (models/experts.py: zero-weight padding slots skipped)
+        for <= E slots per step, and `paired` (batched SCMoE) rows get the few-rows LM head
+        (decoding/kernels.py); docs/decode-cost.md has the measurements.
         """
         before = self.model.get_experts_implementation()
         target = self.decode_experts
-        if target is None and self.device.type != "cpu" and "grouped_mm" in before.values():
+        if target is None and "grouped_mm" in before.values():
             slots = rows * max(self._slots(p) for p in policies)
-            target = "batched_mm" if slots <= self.controller.num_experts // 2 else None
+            if self.device.type != "cpu":
+                target = "batched_mm" if slots <= self.controller.num_experts // 2 else None
+            elif slots <= self.controller.num_experts:
+                target = ROUTED_ROWS
         switch = target is not None and target not in before.values()
+        head = paired and self.decode_experts is None and head_suits(self.model, rows)
         if switch:
             self.model.set_experts_implementation(target)
         try:
-            yield
+            with few_rows_head(self.model) if head else nullcontext():
+                yield
         finally:
             if switch:
                 self.model.set_experts_implementation(before)
@@ -296,6 +306,7 @@ class DecodeEngine:
         ban_eos: bool = False,
         two_pass: bool | None = None,
         baseline: "Baseline | None" = None,
+        num_samples: int = 1,
     ) -> list[Generation]:
         """Decode every prompt until EOS (unless banned), a stop string, or max_new_tokens.
 
@@ -303,13 +314,17 @@ class DecodeEngine:
         batched, or with `two_pass=True` two forwards per step (None: batched, the faster mode). One seed per prompt drives a
         per-row generator, so a sample never depends on the rest of the batch. `baseline` (CD, DoLa,
         contrastive search; decoding/baselines.py) supplies its own scorer under stock routing.
+        `num_samples` > 1 prefills each prompt once and fans its KV cache out to that many rows; `seeds`
+        then holds one seed per (prompt, sample), prompt-major, and so does the returned list.
         """
+        if num_samples < 1:
+            raise ValueError("num_samples must be >= 1")
         n = len(prompts)
         if n == 0:
             return []
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
-        generators = self._generators(seeds, n, sampling)
+        generators = self._generators(seeds, n * num_samples, sampling)
         ban = torch.tensor(self.eos_ids, device=self.device) if ban_eos and self.eos_ids else None
         two_pass = bool(two_pass)  # None: batched, measured faster or equal on CPU and H200 (docs/decoding.md)
         if baseline is not None:
@@ -325,17 +340,23 @@ class DecodeEngine:
         checker = StopChecker(self.tokenizer, stops)
         eos = set() if ban_eos else set(self.eos_ids)
 
-        tokens: list[list[int]] = [[] for _ in range(n)]
-        reasons: list[str | None] = [None] * n
+        tokens: list[list[int]] = [[] for _ in range(n * num_samples)]
+        reasons: list[str | None] = [None] * (n * num_samples)
+        m = n * num_samples  # decode rows per routing stream
         if baseline is not None:  # rows and routing policies of one decode forward
-            rows, policies = n * baseline.rows_per_prompt(), [None]
+            rows, policies = m * baseline.rows_per_prompt(), [None]
         elif contrast is None:
-            rows, policies = n, [routing]
+            rows, policies = m, [routing]
         else:
-            rows, policies = (n if two_pass else 2 * n), [contrast.strong, contrast.weak]
+            rows, policies = (m if two_pass else 2 * m), [contrast.strong, contrast.weak]
         with self.controller.use(None):  # whatever routing was in force comes back afterwards
             scores = scorer.prefill(*self.encode(prompts))  # (n, V)
-            with self._decode_kernels(rows, policies):
+            if num_samples > 1:  # one prefill per prompt, its cache shared by the samples
+                fan = torch.arange(n, device=self.device).repeat_interleave(num_samples)
+                scorer.select(fan)
+                scores = scores[fan.to(scores.device)]
+            paired = contrast is not None and not two_pass and baseline is None
+            with self._decode_kernels(rows, policies, paired):
                 self._decode(scorer, scores, sampling, generators, checker, eos, max_new_tokens, tokens, reasons)
         return [self._finish(checker, ids, reason) for ids, reason in zip(tokens, reasons)]
 

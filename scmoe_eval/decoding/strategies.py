@@ -41,6 +41,7 @@ class Strategy:
     two_pass: bool | None = None
     num_samples: int = 1
     baseline: Baseline | None = None  # cd / dola / contrastive-search: the engine runs its scorer
+    share_prefill: bool = True  # samples of a prompt share one prefill (False: one engine call per sample)
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -61,9 +62,26 @@ class Strategy:
         max_new_tokens: int,
         seeds: Sequence[int],
     ) -> list[list[Generation]]:
-        """[prompt][sample] generations; one engine call per sample index, over all prompts."""
+        """[prompt][sample] generations. Several samples: one engine call that prefills each prompt once
+        and shares its KV cache across the samples (`share_prefill`), else one call per sample index."""
         out: list[list[Generation]] = [[] for _ in prompts]
-        for j in range(self.num_samples):
+        n = self.num_samples
+        if n > 1 and self.share_prefill:
+            gens = engine.generate(
+                prompts,
+                stops=stops,
+                max_new_tokens=max_new_tokens,
+                seeds=[sample_seed(s, j) for s in seeds for j in range(n)],
+                sampling=self.sampling,
+                routing=self.routing,
+                contrast=self.contrast,
+                ban_eos=self.ban_eos,
+                two_pass=self.two_pass,
+                baseline=self.baseline,
+                num_samples=n,
+            )
+            return [gens[i * n : (i + 1) * n] for i in range(len(prompts))]
+        for j in range(n):
             gens = engine.generate(
                 prompts,
                 stops=stops,

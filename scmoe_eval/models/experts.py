@@ -39,3 +39,53 @@ def dense_hit_experts_forward(
 
 
 ExpertsInterface.register(NAME, dense_hit_experts_forward)
+
+
+ROUTED = "routed_rows"
+TALL = 4  # weights with >= TALL times more rows than columns: W @ x.T streams them once for all rows
+
+
+def _few_rows_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T; for 2+ rows and a tall weight as weight @ x.T, which MKL (CPU, fp32) runs in one
+    pass over the weight where x @ weight.T takes about one pass per row (docs/decode-cost.md)."""
+    if x.shape[0] >= 2 and x.device.type == "cpu" and weight.shape[0] >= TALL * weight.shape[1]:
+        return torch.mm(weight, x.T).T
+    return F.linear(x, weight)
+
+
+def routed_rows_experts_forward(
+    self: torch.nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+) -> torch.Tensor:
+    """Each hit expert runs only on the tokens that route to it with a non-zero weight.
+
+    On CPU (fp32, MKL) a small matmul costs about one weight pass per row, so the zero-weight padding
+    slots of a single-expert policy (SCMoE's weak rank(2) row: [e, e] with weights [1, 0]) are real
+    cost under `grouped_mm` (an extra row in e's group). Here they are skipped. Output per token is
+    the same sum of weight * expert(x) (a zero-weight slot adds exactly 0 elsewhere). One host sync
+    per layer, free on CPU.
+    """
+    if self.has_bias or self.is_transposed or self.has_post_expert_norm or not self.has_gate or self._is_expert_parallel:
+        return batched_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)
+    index = top_k_index.tolist()  # the host sync (with the next line)
+    by_expert: dict[int, list[tuple[int, int]]] = {}
+    for token, slot in (top_k_weights != 0).nonzero().tolist():  # zero-weight (padding) slots never run
+        by_expert.setdefault(index[token][slot], []).append((token, slot))
+    out = torch.zeros(hidden_states.shape, dtype=torch.float32, device=hidden_states.device)  # (T, H)
+    for expert, pairs in sorted(by_expert.items()):
+        if len(pairs) == 1:  # one token: slices (views), no index tensors
+            (token, slot), rows = pairs[0], slice(pairs[0][0], pairs[0][0] + 1)
+            x, weight = hidden_states[rows], top_k_weights[rows, slot : slot + 1]  # (1, H), (1, 1)
+        else:
+            tokens = torch.tensor([t for t, _ in pairs], device=hidden_states.device)
+            slots = torch.tensor([s for _, s in pairs], device=hidden_states.device)
+            x, weight, rows = hidden_states[tokens], top_k_weights[tokens, slots][:, None], tokens  # (M, H), (M, 1)
+        y = F.linear(self._apply_gate(_few_rows_linear(x, self.gate_up_proj[expert])), self.down_proj[expert])  # (M, H)
+        y = y.float() * weight.float()
+        if isinstance(rows, slice):
+            out[rows].add_(y)
+        else:
+            out.index_add_(0, rows, y)
+    return out.to(hidden_states.dtype)
+
+
+ExpertsInterface.register(ROUTED, routed_rows_experts_forward)
