@@ -53,9 +53,14 @@ def test_config_hash_ignores_key_order():
 
 @pytest.mark.parametrize("dotted", HASH_EXCLUDED_KEYS)
 def test_config_hash_excludes_documented_keys(dotted):
+    """Run configs and analysis configs share the store: a key absent from one kind is added to both."""
     cfg = make_cfg()
-    other = copy.deepcopy(cfg)
     *parents, leaf = dotted.split(".")
+    node = cfg
+    for p in parents:
+        node = node.setdefault(p, {})
+    node.setdefault(leaf, "one-value")
+    other = copy.deepcopy(cfg)
     node = other
     for p in parents:
         node = node[p]
