@@ -217,6 +217,23 @@ def check(cfg: ExperimentConfig, memo: Optional[dict] = None, *, gpu: bool = Tru
     validate(cfg)
     _check_strategy(cfg)
     task = _check_task(cfg)  # the gate before the model; the items after it (they may be big)
+    resolved, experts = _check_model(cfg, memo, gpu)
+    data_key = ("items", dataclasses.asdict(cfg.task), cfg.run.limit)
+    items = _once(memo, data_key, lambda: _load_items(task, resolved))
+    return Checked(cfg=resolved, task=task, items=items, num_experts=experts)
+
+
+def check_model(cfg: ExperimentConfig) -> tuple[ExperimentConfig, int]:
+    """The model half of `check` for callers that bring their own tasks (the lm-eval backend):
+    value ranges, strategy name, the local path, GPU, the checkpoint's config.json and every k
+    against its experts. Returns the config with model.path resolved, and the expert count."""
+    validate(cfg)
+    _check_strategy(cfg)
+    return _check_model(cfg, None, True)
+
+
+def _check_model(cfg: ExperimentConfig, memo: Optional[dict], gpu: bool) -> tuple[ExperimentConfig, int]:
+    """Path (exists before the GPU is asked for), GPU, config.json, amateur / DoLa layers, k vs experts."""
     model = dataclasses.asdict(cfg.model)
     resolved = dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, path=_once(memo, ("path", model), lambda: resolve_model_path(cfg.model)))
@@ -228,28 +245,6 @@ def check(cfg: ExperimentConfig, memo: Optional[dict] = None, *, gpu: bool = Tru
     experts = num_experts(model_config)
     if cfg.strategy.name == "cd":
         amateur = _once(memo, ("amateur", model, cfg.strategy.amateur), lambda: _check_amateur(resolved, model_config))
-        resolved = dataclasses.replace(resolved, strategy=dataclasses.replace(resolved.strategy, amateur=amateur))
-    if cfg.strategy.name == "dola":
-        _check_dola_layers(resolved, model_config)
-    validate(resolved, num_experts=experts)
-    data_key = ("items", dataclasses.asdict(cfg.task), cfg.run.limit)
-    items = _once(memo, data_key, lambda: _load_items(task, resolved))
-    return Checked(cfg=resolved, task=task, items=items, num_experts=experts)
-
-
-
-def check_model(cfg: ExperimentConfig) -> tuple[ExperimentConfig, int]:
-    """The model half of `check` for callers that bring their own tasks (the lm-eval backend):
-    value ranges, strategy name, GPU, the checkpoint's config.json and every k against its experts.
-    Returns the config with model.path resolved, and the expert count. Raises ConfigError."""
-    validate(cfg)
-    _check_strategy(cfg)
-    resolved = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=resolve_model_path(cfg.model)))
-    _check_gpu(resolved.model)
-    model_config = read_model_config(resolved.model)
-    experts = num_experts(model_config)
-    if cfg.strategy.name == "cd":
-        amateur = _check_amateur(resolved, model_config)
         resolved = dataclasses.replace(resolved, strategy=dataclasses.replace(resolved.strategy, amateur=amateur))
     if cfg.strategy.name == "dola":
         _check_dola_layers(resolved, model_config)

@@ -85,8 +85,9 @@ def _dola_layers(layers: Any) -> str | tuple[int, ...]:
     return layers if isinstance(layers, str) else tuple(layers)
 
 
-def _pct(x: Any) -> float:
-    return float("nan") if x is None else 100.0 * float(x)
+def _pct(x: Any, percent: bool = True) -> float:
+    """A metric as tables show it: rates x100; metrics.json's `"percent": false` (perplexity) as is."""
+    return float("nan") if x is None else (100.0 if percent else 1.0) * float(x)
 
 
 def _is_complete(task: str | None, n_items: int | None, limit: int | None) -> bool:
@@ -107,6 +108,7 @@ def _row(run_dir: Path) -> dict[str, Any]:
     sampled = base in ("sample", "scmoe-sample")
     routing, strong, weak = s.get("routing") or {}, s.get("strong") or {}, s.get("weak") or {}
     primary = metrics.get("primary", "accuracy")
+    percent = metrics.get("percent", True)
     official, strict = metrics.get("official") or {}, metrics.get("strict") or {}
     ci = official.get("ci95") or [None, None]
     strict_ci = strict.get("ci95") or [None, None]
@@ -142,16 +144,16 @@ def _row(run_dir: Path) -> dict[str, Any]:
         "seed": run.get("seed"),
         "max_new_tokens": run.get("max_new_tokens"),
         "primary": primary,
-        "official": _pct(official.get(primary)),
-        "strict": _pct(strict.get(primary)),
+        "official": _pct(official.get(primary), percent),
+        "strict": _pct(strict.get(primary), percent),
         "n_items": metrics.get("n_items"),
         "n_samples": metrics.get("n_samples"),
         "n_unparseable": official.get("n_unparseable"),
         "strict_n_unparseable": strict.get("n_unparseable"),
-        "ci95_lo": _pct(ci[0]),
-        "ci95_hi": _pct(ci[1]),
-        "strict_ci95_lo": _pct(strict_ci[0]),
-        "strict_ci95_hi": _pct(strict_ci[1]),
+        "ci95_lo": _pct(ci[0], percent),
+        "ci95_hi": _pct(ci[1], percent),
+        "strict_ci95_lo": _pct(strict_ci[0], percent),
+        "strict_ci95_hi": _pct(strict_ci[1], percent),
         "complete": _is_complete(task, metrics.get("n_items"), run.get("limit")),
         "scored_at": datetime.fromtimestamp((run_dir / "metrics.json").stat().st_mtime, timezone.utc).isoformat(),
     }

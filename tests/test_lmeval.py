@@ -288,3 +288,26 @@ def test_runs_land_in_the_store_beside_ours(tiny_mixtral, repo_cwd, tmp_path, mo
     again = runner.run_lmeval(configs, ["scmoe_test_mc", "scmoe_test_gen"], output_dir=tmp_path, settings=settings,
                               include_path=str(TASKS), include_defaults=False)
     assert [d for d, _ in again] == [d for d, _ in done] and all(r is None for _, r in again)
+
+
+def test_rates_in_percent_and_perplexity_as_is(tmp_path):
+    """metrics.json marks perplexities (no per-document scalar) so the tables do not print them x100."""
+    from scmoe_eval import tables
+    from scmoe_eval.lmeval import runner
+    from scmoe_eval.store import RunStore
+
+    results = {
+        "results": {"ppl": {"word_perplexity,none": 12.5, "word_perplexity_stderr,none": "N/A"},
+                    "mc": {"acc,none": 0.5, "acc_stderr,none": 0.25}},
+        "samples": {"ppl": [{"filter": "none", "word_perplexity": [-3.2, 4]}],
+                    "mc": [{"filter": "none", "acc": 1.0}, {"filter": "none", "acc": 0.0}]},
+    }
+    for task, percent, shown in (("ppl", False, 12.5), ("mc", True, 50.0)):
+        metrics = runner.task_metrics(task, results)
+        assert metrics["percent"] is percent
+        store = RunStore(tmp_path, {"task": {"name": f"lmeval:{task}"}, "model": {"name": "m"},
+                                    "strategy": {"name": "greedy"}, "run": {}})
+        store.write_metrics(metrics)
+    table = tables.comparison_table(tables.load_runs(tmp_path), index=["model", "method"])
+    assert table.loc[("m", "greedy"), "lmeval:ppl"] == pytest.approx(12.5)
+    assert table.loc[("m", "greedy"), "lmeval:mc"] == pytest.approx(50.0)

@@ -87,6 +87,7 @@ def task_metrics(name: str, results: Mapping[str, Any]) -> dict:
     ]
     values = [float(s[metric]) for s in docs if isinstance(s.get(metric), (int, float))]
     binary = bool(values) and all(v in (0.0, 1.0) for v in values)
+    rate = bool(values) and all(0.0 <= v <= 1.0 for v in values)  # perplexities have no per-item scalar
     mode = {
         metric: float(block[key]),
         "n_correct": int(sum(values)) if binary else None,
@@ -95,6 +96,7 @@ def task_metrics(name: str, results: Mapping[str, Any]) -> dict:
     }
     return {
         "task": TASK_PREFIX + name, "n_items": len(values) or None, "n_samples": 1, "primary": metric,
+        "percent": rate,  # tables show rates x100 (like the paper) and other metrics as they are
         "official": mode, "strict": dict(mode),  # lm-eval has one scoring: both modes carry it
         "lmeval": {"metric_key": key, "results": dict(block), "n-shot": results.get("n-shot", {}).get(name),
                    "higher_is_better": results.get("higher_is_better", {}).get(name)},
