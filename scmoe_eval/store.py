@@ -42,7 +42,6 @@ HASH_EXCLUDED_KEYS: tuple[str, ...] = (
     "logger",  # experiment tracking only
     "task.num_workers",  # parallelism of the code sandbox
     "task.allow_code_execution",  # a permission gate; the env var HF_ALLOW_CODE_EVAL is equivalent
-    "analysis.tables_dir",  # scmoe-eval-analyze: an extra place the tables are copied to
 )
 _PACKAGES = (
     "scmoe-eval", "torch", "transformers", "accelerate", "datasets", "tokenizers", "safetensors",
