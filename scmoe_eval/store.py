@@ -44,7 +44,6 @@ HASH_EXCLUDED_KEYS: tuple[str, ...] = (
     "logger",  # experiment tracking only
     "task.num_workers",  # parallelism of the code sandbox
     "task.allow_code_execution",  # a permission gate; the env var HF_ALLOW_CODE_EVAL is equivalent
-    "analysis.tables_dir",  # scmoe-eval-analyze: an extra place the tables are copied to
 )
 # Where the data and the model come from. A config that carries an `identity` block (every run the
 # pipeline starts; scmoe_eval/identity.py) hashes that block instead of these keys, so the same

@@ -141,7 +141,7 @@ def test_weak_labels_and_validation_errors_name_the_key() -> None:
     assert parse_weak("topp0.5").p == 0.5 and parse_weak("random1").kind == "random"
     with pytest.raises(ConfigError, match="analysis.weak"):
         parse_weak("rank")
-    with pytest.raises(ConfigError, match="analysis.weak"):
+    with pytest.raises(ConfigError, match=r"^analysis.weak: 'rank9': rank-9 needs at least 9 experts"):
         validate_analysis(AnalyzeConfig(analysis=AnalysisConfig(weak=["rank9"])), num_experts=8)
     with pytest.raises(ConfigError, match="analysis.name"):
         validate_analysis(AnalyzeConfig(analysis=AnalysisConfig(name="kl")))

@@ -48,6 +48,8 @@ def test_cli_kld_end_to_end(tmp_path: Path) -> None:
     assert done.stdout.strip().endswith(run_dir.name)
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["analysis"]["weak"] == ["rank1", "rank2", "rank3", "rank4", "rank5", "rank6", "rank7", "rank8", "random1"]
+    assert "tables_dir" not in cfg["analysis"]  # an output location: not hashed, recorded per attempt instead
+    assert json.loads((run_dir / "environment.json").read_text())["tables_dir"] == str(tables)
     assert [r["index"] for r in records(run_dir)] == [0, 1, 2, 3]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["n_items"] == 4 and summary["vocab_size"] == 512

@@ -77,7 +77,10 @@ def validate_analysis(cfg: AnalyzeConfig, num_experts: Optional[int] = None) -> 
         raise ConfigError("analysis.weak", f"has duplicates: {list(a.weak)}")
     _validate_policy("analysis.strong", a.strong, num_experts)
     for label in a.weak:
-        _validate_policy("analysis.weak", parse_weak(label), num_experts)
+        try:
+            _validate_policy("analysis.weak", parse_weak(label), num_experts)
+        except ConfigError as err:  # name the list entry, not a `.k` key the user never wrote
+            raise ConfigError("analysis.weak", f"{label!r}: {str(err).removeprefix(err.key + ': ')}") from None
     if a.name != "kld" and a.amateur:
         raise ConfigError("analysis.amateur", f"only the kld analysis compares an amateur model, not {a.name}")
     r = cfg.run

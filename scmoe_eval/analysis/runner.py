@@ -41,6 +41,7 @@ def store_name(cfg: dict[str, Any]) -> str:
 
 def open_store(cfg: AnalyzeConfig) -> RunStore:
     cfg_dict = dataclasses.asdict(cfg)  # unresolved model.path: "fixture:mixtral" is portable
+    cfg_dict["analysis"].pop("tables_dir")  # where copies go, not what is computed (environment.json keeps it)
     return RunStore(Path(cfg.run.output_dir), cfg_dict, name=store_name(cfg_dict))
 
 
@@ -87,7 +88,7 @@ def run_analysis(cfg: AnalyzeConfig) -> Path:
             target.mkdir(parents=True, exist_ok=True)
             for path in paths:
                 shutil.copy2(path, target / path.name)
-        store.write_environment(stats)
+        store.write_environment({**stats, "tables_dir": cfg.analysis.tables_dir})
         log.info("wrote %s", ", ".join(p.name for p in paths))
     return store.path
 
