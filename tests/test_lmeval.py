@@ -275,6 +275,7 @@ def test_runs_land_in_the_store_beside_ours(tiny_mixtral, repo_cwd, tmp_path, mo
         assert metrics["official"][metrics["primary"]] == block[metrics["lmeval"]["metric_key"]]
         assert len((run_dir / "lmeval_samples.jsonl").read_text().splitlines()) == 3
         assert json.loads((run_dir / "lmeval_results.json").read_text())["results"].keys() == {task}
+        assert f"| {task} " in runner.results_table(results)
     gen_dir = next(d for d, _ in done if "scmoe_test_gen" in d.name)
     assert len((gen_dir / "lmeval_generations.jsonl").read_text().splitlines()) == 3
     ours = RunStore(tmp_path, {"task": {"name": "gsm8k"}, "model": {"name": "tiny-mixtral"},
