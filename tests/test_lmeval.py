@@ -163,21 +163,25 @@ def test_scmoe_mc_backend_equals_two_separate_forwards(tiny_mixtral, one_thread)
 # --------------------------------------------------------------------------- generate_until
 
 
-@pytest.mark.parametrize("strategy", ["greedy", "scmoe"])
+@pytest.mark.parametrize("strategy", ["greedy", "scmoe", "sample"])
 def test_generate_until_token_identical_to_our_runner(tiny_mixtral, task_manager, tmp_path, one_thread, strategy):
-    """The same prompts and stops through lm-eval (scmoe_test_gen.yaml) and through `scmoe-eval task=prompts`."""
+    """The same prompts and stops through lm-eval (scmoe_test_gen.yaml) and through `scmoe-eval task=prompts`.
+    `sample` turns sampling on through lm-eval's gen_kwargs (do_sample, temperature 0.7): the per-document
+    seeds then give the same draws as our runner's per-item seeds."""
     from scmoe_eval.pipeline import run_experiment
 
     cfg = ExperimentConfig(
         model=ModelConfig(name="tiny-mixtral", path="fixture:mixtral", dtype="float32", device="cpu", device_map=None),
-        strategy=StrategyConfig(name=strategy),
+        strategy=StrategyConfig(name=strategy, temperature=0.7),
         task=TaskConfig(name="prompts", path=str(TASKS / "gen.jsonl"), stop=GEN_STOPS),
         run=RunConfig(batch_size=2, max_new_tokens=24, output_dir=str(tmp_path)),
     )
     ours = {json.loads(line)["index"]: json.loads(line) for line in
             (run_experiment(cfg) / "generations.jsonl").read_text().splitlines()}
     backend = lm(tiny_mixtral, strategy=strategy, **{"run.batch_size": 2})
-    results = simple_evaluate(model=backend, tasks=["scmoe_test_gen"], task_manager=task_manager, log_samples=True)
+    gen_kwargs = {"do_sample": True, "temperature": 0.7} if strategy == "sample" else None
+    results = simple_evaluate(model=backend, tasks=["scmoe_test_gen"], task_manager=task_manager, log_samples=True,
+                              gen_kwargs=gen_kwargs)
     texts = {s["doc_id"]: s["resps"][0][0] for s in results["samples"]["scmoe_test_gen"]}
     records = {r["doc_id"]: r for r in backend.generations}
     assert sorted(texts) == sorted(ours) == list(range(5))
@@ -185,7 +189,7 @@ def test_generate_until_token_identical_to_our_runner(tiny_mixtral, task_manager
         assert records[i]["token_ids"] == rec["token_ids"], i
         assert texts[i] == rec["completion"] and records[i]["stop_reason"] == rec["stop_reason"]
     assert any(r["stop_reason"] == "stop" for r in ours.values())  # the stops were exercised
-    if strategy == "scmoe":  # SCMoE really contrasted: it differs from greedy somewhere
+    if strategy != "greedy":  # SCMoE / sampling really changed something: greedy differs somewhere
         greedy = lm(tiny_mixtral, strategy="greedy", **{"run.batch_size": 2})
         plain = greedy.generate_until([Instance("generate_until", {}, (r["prompt"], {"until": GEN_STOPS,
                                        "max_gen_toks": 24}), 0) for r in map(json.loads, (TASKS / "gen.jsonl").open())])
@@ -275,6 +279,7 @@ def test_runs_land_in_the_store_beside_ours(tiny_mixtral, repo_cwd, tmp_path, mo
         assert metrics["official"][metrics["primary"]] == block[metrics["lmeval"]["metric_key"]]
         assert len((run_dir / "lmeval_samples.jsonl").read_text().splitlines()) == 3
         assert json.loads((run_dir / "lmeval_results.json").read_text())["results"].keys() == {task}
+        assert f"| {task} " in runner.results_table(results)
     gen_dir = next(d for d, _ in done if "scmoe_test_gen" in d.name)
     assert len((gen_dir / "lmeval_generations.jsonl").read_text().splitlines()) == 3
     ours = RunStore(tmp_path, {"task": {"name": "gsm8k"}, "model": {"name": "tiny-mixtral"},

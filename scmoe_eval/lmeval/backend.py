@@ -17,11 +17,15 @@ from collections import defaultdict
 from typing import Any, Optional, Sequence
 
 import torch
-from lm_eval.api.model import TemplateLM
-from lm_eval.api.registry import register_model
-from lm_eval.models.utils import normalize_gen_kwargs, resolve_max_length
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from torch import Tensor
+
+try:
+    from lm_eval.api.model import TemplateLM
+    from lm_eval.api.registry import register_model
+    from lm_eval.models.utils import normalize_gen_kwargs, resolve_max_length
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+except ImportError as err:  # the optional extra is missing
+    raise ImportError("the scmoe lm-eval backend needs lm-eval: pip install -e '.[lmeval]' (make install does)") from err
 from tqdm.auto import tqdm
 
 from scmoe_eval.config import SCMOE_STRATEGIES, BASELINE_STRATEGIES, ExperimentConfig, used_policies

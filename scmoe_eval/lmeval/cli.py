@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from scmoe_eval.lmeval import backend  # noqa: F401  (registers `scmoe`; a clear error without the extra)
     from scmoe_eval.lmeval.runner import EvalSettings, run_lmeval
 
     try:

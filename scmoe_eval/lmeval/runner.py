@@ -117,6 +117,7 @@ def results_table(results: Mapping[str, Any]) -> str:
                 continue
             metric, filter_name = key.split(",", 1)
             stderr = block.get(f"{metric}_stderr,{filter_name}")
+            stderr = f"{stderr:.4f}" if isinstance(stderr, (int, float)) else stderr  # else lm-eval's "N/A"
             rows.append([task, results.get("versions", {}).get(task), filter_name, results.get("n-shot", {}).get(task),
                          metric, value, stderr])
     headers = ["task", "version", "filter", "n-shot", "metric", "value", "stderr"]
