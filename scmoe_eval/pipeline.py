@@ -69,7 +69,10 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
         try:
             stats = generate(checked, store)
         except KeyboardInterrupt:
-            raise RunInterrupted(store, checked) from None
+            done, total = _items_done(store, checked)
+            raise RunInterrupted(
+                f"interrupted: {done}/{total} items saved in {store.path}; run the same command again to resume"
+            ) from None
         tracker = build_tracker(cfg.logger, store.path, cfg_dict)
         try:
             metrics = score_store(store, checked.task, checked.items, checked.cfg, tracker)
@@ -94,13 +97,7 @@ def _items_done(store: RunStore, checked: Checked) -> tuple[int, int]:
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C while generating: says in one line what is saved and how to resume."""
-
-    def __init__(self, store: RunStore, checked: Checked) -> None:
-        done, total = _items_done(store, checked)
-        super().__init__(
-            f"interrupted: {done}/{total} items saved in {store.path}; run the same command again to resume"
-        )
+    """Ctrl-C while generating; its one-line message says what is saved and how to resume."""
 
 
 def _log_comparison(tracker: Tracker, root: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -130,9 +131,11 @@ def test_two_identical_runs_at_once_generate_once(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ctrl_c_prints_one_line_and_the_rerun_resumes(tmp_path: Path) -> None:
-    proc = subprocess.Popen(command(tmp_path, 10), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a pytest-xdist worker ignores SIGINT and a child inherits that: give the run a terminal's default
+    proc = subprocess.Popen(command(tmp_path, 10), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for(lambda: any(len(generated(d)) >= 3 for d in tmp_path.glob("gsm8k__*")), proc)
-    proc.send_signal(2)  # SIGINT, as Ctrl-C sends it
+    proc.send_signal(signal.SIGINT)  # as Ctrl-C sends it
     _, err = proc.communicate(timeout=120)
     run_dir = next(tmp_path.glob("gsm8k__*"))
     saved = len(generated(run_dir))

@@ -21,14 +21,14 @@ def test_no_logger_is_a_no_op(tmp_path: Path) -> None:
         build_tracker("mlflow", tmp_path, {})
 
 
-def test_wandb_offline_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_data: Path) -> None:
+def test_wandb_offline_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
         cfg = compose("config", overrides=[
-            "model=tiny-mixtral", "strategy=scmoe", "task=gsm8k", f"task.data_dir={shared_data}/gsm8k",
+            "model=tiny-mixtral", "strategy=scmoe", "task=gsm8k", "task.demo=true",
             "run.limit=2", "run.max_new_tokens=4", f"run.output_dir={tmp_path}", "logger=wandb",
         ])
     run_dir = run_experiment(to_experiment(cfg))
