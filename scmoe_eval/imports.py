@@ -393,6 +393,7 @@ def import_and_score(path: Path, *, fmt: str | None = None, task: str | None = N
                      allow_empty: bool = False) -> tuple[Path, dict]:
     """Read, check and score a generation file; returns the new run directory and its metrics."""
     from scmoe_eval.preflight import check_task
+    from scmoe_eval.tasks import get_task
 
     path = Path(path)
     if not path.is_file():
@@ -411,10 +412,10 @@ def import_and_score(path: Path, *, fmt: str | None = None, task: str | None = N
         return loaded[task_name]
 
     imported = FORMATS.get(name).read(path, task, items_for)
-    items = items_for(imported.task)
-    n = validate(imported, items, path, allow_empty=allow_empty)
+    all_items = items_for(imported.task)  # loading them ran the task's checks, code-execution consent included
+    n = validate(imported, all_items, path, allow_empty=allow_empty)
     cfg = _config(imported, path, n, model or f"{name}-import", overrides, output_dir)
-    task_obj, all_items = check_task(cfg)
+    task_obj = get_task(imported.task)
     present = {s.id for s in imported.samples}
     items = [it for it in all_items if it.id in present]
     index = {it.id: it.index for it in items}

@@ -233,12 +233,27 @@ def test_allow_empty_scores_empty_completions_as_wrong(tmp_path: Path, consent: 
     assert metrics["strict"]["pass@1"] == 0.0
 
 
-def test_failure_while_scoring_leaves_nothing(tmp_path: Path, problems: list[dict], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_consent_is_refused_before_anything_runs(tmp_path: Path, problems: list[dict],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
     src = _jsonl(tmp_path / "s.jsonl", [{"task_id": "HumanEval/0", "completion": problems[0]["canonical_solution"]}])
     with pytest.raises(ConfigError, match="allow_code_execution"):
         imports.import_and_score(src, output_dir=tmp_path / "runs")
     assert _nothing_written(tmp_path / "runs")
+
+
+def test_crash_while_writing_the_run_leaves_nothing(tmp_path: Path, problems: list[dict], consent: None,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from scmoe_eval.store import RunStore
+
+    def crash(self: RunStore, extra: dict) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(RunStore, "write_environment", crash)
+    src = _jsonl(tmp_path / "s.jsonl", [{"task_id": "HumanEval/0", "completion": problems[0]["canonical_solution"]}])
+    with pytest.raises(OSError, match="disk full"):
+        imports.import_and_score(src, output_dir=tmp_path / "runs")
+    assert list((tmp_path / "runs").iterdir()) == []  # neither the run nor its staging dir
 
 
 def test_cli_names_the_line_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

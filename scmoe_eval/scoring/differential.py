@@ -249,8 +249,26 @@ def plain_python_passes(program: str, timeout: float) -> bool:
         shutil.rmtree(logdir, ignore_errors=True)
 
 
+_CONTAINMENT_PROBE = (
+    "import os, resource\n"
+    "assert os.geteuid() != 0 and os.getgroups() == [] or {was_root} is False\n"
+    "assert resource.getrlimit(resource.RLIMIT_NPROC)[1] <= 64 or {was_root} is False\n"
+    "assert resource.getrlimit(resource.RLIMIT_NOFILE) == (1024, 1024)\n"
+)
+
+
+def require_containment() -> None:
+    """Refuse to run fork bombs and kill(-1) unless a probe proves the sandbox dropped root (when root)
+    and applied its limits: a broken sandbox must not run them on a shared machine."""
+    (result,) = run_programs([_CONTAINMENT_PROBE.format(was_root=os.geteuid() == 0)], timeout=10)
+    if not result.passed:
+        raise RuntimeError(f"sandbox containment probe failed, unsafe programs not run: {result}")
+
+
 def compare(cases: list[Case], *, timeout: float = 5.0, workers: int = 2) -> dict:
     """Run every case in the sandbox and (unless unsafe) under plain Python; the agreement report."""
+    if any(c.unsafe for c in cases):
+        require_containment()
     t0 = time.monotonic()
     sandbox = run_programs([c.program for c in cases], timeout=timeout, num_workers=workers)
     t_sandbox = time.monotonic() - t0
