@@ -259,6 +259,9 @@ def test_decode_kernel_rule(tiny_mixtral) -> None:
         assert model.get_experts_implementation() == before
     cpu = DecodeEngine(tiny_mixtral)
     head = model.get_output_embeddings()
+    with cpu._decode_kernels(2, pair, True):  # the tiny fixture's experts (96 KiB) are overhead-bound: no switch
+        assert model.get_experts_implementation() == before and "forward" in vars(head)
+    cpu._expert_bytes = 1 << 20  # as a model with 1 MiB experts
     for rows, paired, want in [(2, True, "routed_rows"), (4, True, "routed_rows"), (5, True, "grouped_mm"),
                                (4, False, "routed_rows"), (5, False, "grouped_mm")]:  # CPU: routed_rows for <= E slots
         with cpu._decode_kernels(rows, [None] if not paired else pair, paired):

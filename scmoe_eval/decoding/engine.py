@@ -29,7 +29,10 @@ from scmoe_eval.decoding.streams import (
     Stream,
     TwoStreamScorer,
 )
+from scmoe_eval.decoding.traffic import expert_bytes, experts_modules
 from scmoe_eval.models.experts import ROUTED as ROUTED_ROWS
+
+ROUTED_MIN_BYTES = 1 << 20  # CPU: routed_rows only for experts of >= 1 MiB (smaller ones are overhead-bound)
 
 if TYPE_CHECKING:
     from scmoe_eval.models.loading import LoadedModel
@@ -69,6 +72,8 @@ class DecodeEngine:
         self.device = torch.device(loaded.device)
         self.sampler = Sampler()
         self.eos_ids = self._eos_ids()
+        blocks = experts_modules(self.model)
+        self._expert_bytes = expert_bytes(blocks[0]) if blocks else 0
 
     def _eos_ids(self) -> list[int]:
         ids: set[int] = set()
@@ -91,7 +96,8 @@ class DecodeEngine:
         few slots, ruinous with many (H200, Mixtral-8x7B shape: 27 vs 36 ms/token at B=1, 126 vs 40 at
         B=8, results/bench/h200_decode_*.json). So grouped_mm becomes batched_mm only for <= E/2 slots per step.
         On CPU, grouped_mm becomes routed_rows (models/experts.py: zero-weight padding slots skipped)
-        for <= E slots per step, and `paired` (batched SCMoE) rows get the few-rows LM head
+        for <= E slots per step when an expert is big enough for its weights, not Python overhead, to
+        set the cost (>= ROUTED_MIN_BYTES; the tiny test fixture's 96 KiB experts stay on grouped_mm), and `paired` (batched SCMoE) rows get the few-rows LM head
         (decoding/kernels.py); docs/decode-cost.md has the measurements.
         """
         before = self.model.get_experts_implementation()
@@ -100,7 +106,7 @@ class DecodeEngine:
             slots = rows * max(self._slots(p) for p in policies)
             if self.device.type != "cpu":
                 target = "batched_mm" if slots <= self.controller.num_experts // 2 else None
-            elif slots <= self.controller.num_experts:
+            elif slots <= self.controller.num_experts and self._expert_bytes >= ROUTED_MIN_BYTES:
                 target = ROUTED_ROWS
         switch = target is not None and target not in before.values()
         head = paired and self.decode_experts is None and head_suits(self.model, rows)
