@@ -259,6 +259,9 @@ def test_decode_kernel_rule(tiny_mixtral) -> None:
         assert model.get_experts_implementation() == before
     cpu = DecodeEngine(tiny_mixtral)
     head = model.get_output_embeddings()
+    with cpu._decode_kernels(2, pair, True):  # the tiny fixture's experts (96 KiB) are overhead-bound: no switch
+        assert model.get_experts_implementation() == before and "forward" in vars(head)
+    cpu._expert_bytes = 1 << 20  # as a model with 1 MiB experts
     for rows, paired, want in [(2, True, "routed_rows"), (4, True, "routed_rows"), (5, True, "grouped_mm"),
                                (4, False, "routed_rows"), (5, False, "grouped_mm")]:  # CPU: routed_rows for <= E slots
         with cpu._decode_kernels(rows, [None] if not paired else pair, paired):
@@ -268,3 +271,44 @@ def test_decode_kernel_rule(tiny_mixtral) -> None:
     with DecodeEngine(tiny_mixtral, decode_experts="eager")._decode_kernels(2, pair):
         assert set(model.get_experts_implementation().values()) == {"eager"}
     assert model.get_experts_implementation() == before
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(),
+    dict(contrast=SCMOE, ban_eos=True),
+    dict(contrast=SCMOE, ban_eos=True, two_pass=True),
+    dict(sampling=SamplingParams(temperature=1.0), seeds=[5, 6, 7, 8, 9]),
+    dict(contrast=SCMOE, sampling=SamplingParams(temperature=1.0), seeds=[5, 6, 7, 8, 9]),
+], ids=["greedy", "scmoe", "scmoe-two-pass", "sample", "scmoe-sample"])
+def test_continuous_batching_equals_batch_one(engine: DecodeEngine, kwargs) -> None:
+    """Prompts admitted into a running batch as rows finish (left-padded into its cache, SCMoE rows in
+    pairs, leading padding trimmed) decode exactly as each prompt alone at batch 1 (fp32)."""
+    prompts = PROMPTS + ["Numbers: 0 1 2 3"]
+    limits = [3, 17, 6, 11, 9]  # rows finish at different steps, so admissions interleave with decoding
+    stops = ["\n\n", "ee"]
+    seeds = kwargs.pop("seeds", None)
+    alone = [engine.generate([p], stops=stops, max_new_tokens=t, seeds=None if seeds is None else [seeds[i]], **kwargs)[0]
+             for i, (p, t) in enumerate(zip(prompts, limits))]
+    for batch_size in (2, 3):
+        got = engine.generate_continuous(prompts, batch_size=batch_size, stops=stops, max_new_tokens=limits,
+                                         seeds=seeds, **kwargs)
+        assert [g.to_record() for g in got] == [g.to_record() for g in alone], batch_size
+    assert {g.stop_reason for g in alone} >= {"length"}
+
+
+def test_stream_extend_pads_the_shorter_cache_on_the_left(tiny_mixtral) -> None:
+    from scmoe_eval.decoding.streams import Stream
+
+    engine = DecodeEngine(tiny_mixtral)
+    a, b = Stream(engine.model), Stream(engine.model)
+    a.prefill(*engine.encode(PROMPTS[:1]))
+    b.prefill(*engine.encode(PROMPTS[1:3]))
+    la, lb = a.mask.shape[1], b.mask.shape[1]
+    keys_a = a.cache.layers[0].keys.clone()
+    a.extend(b)
+    assert a.mask.shape == (3, max(la, lb)) and a.next_pos[:, 0].tolist() == [la, *(b.mask.sum(-1)).tolist()]
+    assert torch.equal(a.cache.layers[0].keys[:1, :, -la:], keys_a)
+    assert not a.mask[1:, : max(la, lb) - lb].any()
+    a.select(torch.tensor([1, 2]))  # the longest row leaves: its leading positions are padding everywhere
+    a.trim_left()
+    assert a.mask.shape[1] == lb and a.cache.layers[0].keys.shape[-2] == lb and a.mask[:, 0].any()

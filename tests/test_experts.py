@@ -72,6 +72,7 @@ def test_decoding_with_dense_hit_equals_the_model_default(family):
     stock = DecodeEngine(lm, decode_experts="grouped_mm")
     others = {name: DecodeEngine(lm, decode_experts=name) for name in (experts.NAME, experts.ROUTED)}
     others["engine default"] = DecodeEngine(lm)
+    others["engine default"]._expert_bytes = 1 << 30  # as a model whose experts are big enough for routed_rows
     used: list[str] = []  # the implementation each experts call ran under
     blocks = [m for m in lm.model.modules() if type(m).__name__.endswith("Experts")]
     handles = [b.register_forward_pre_hook(lambda m, a: used.append(m.config._experts_implementation)) for b in blocks]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -25,32 +25,12 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM
 
 from scmoe_eval.config import DOLA_BANDS
-from scmoe_eval.decoding.engine import Stream, TwoStreamScorer, ban_tokens
+from scmoe_eval.decoding.streams import Scorer, ScorerHost, Stream, TwoStreamScorer, ban_tokens
 
 if TYPE_CHECKING:
     from scmoe_eval.config import ModelConfig
-    from scmoe_eval.decoding.engine import DecodeEngine
-    from scmoe_eval.decoding.strategies import Strategy
 
-
-class Scorer(Protocol):
-    """What the engine's decode loop drives: (N, V) next-token scores for the live rows."""
-
-    def prefill(self, ids: Tensor, mask: Tensor) -> Tensor: ...
-
-    def step(self, tokens: Tensor) -> Tensor: ...
-
-    def select(self, rows: Tensor) -> None: ...
-
-
-class Baseline(Protocol):
-    """A decoding baseline the engine runs in place of its own scorers (`generate(baseline=...)`)."""
-
-    def scorer(self, engine: "DecodeEngine", n: int, ban: Tensor | None) -> Scorer: ...
-
-    def rows_per_prompt(self) -> int:
-        """Rows of the main model's decode forward per prompt (picks the GPU decode kernel)."""
-        ...
+S = TypeVar("S")  # a Strategy (decoding/strategies.py imports this module, not the other way round)
 
 
 # --- contrastive decoding --------------------------------------------------------------------
@@ -68,7 +48,7 @@ class ContrastiveDecoding:
     beta: float = 0.5
     amateur: nn.Module | None = None
 
-    def scorer(self, engine: "DecodeEngine", n: int, ban: Tensor | None) -> Scorer:
+    def scorer(self, engine: ScorerHost, n: int, ban: Tensor | None) -> Scorer:
         if self.amateur is None:
             raise ValueError("strategy.amateur: the cd strategy needs its amateur model attached (attach_amateur)")
         expert_vocab, amateur_vocab = engine.model.config.vocab_size, self.amateur.config.vocab_size
@@ -82,7 +62,7 @@ class ContrastiveDecoding:
         return 1
 
 
-def attach_amateur(strategy: "Strategy", amateur: nn.Module) -> "Strategy":
+def attach_amateur(strategy: S, amateur: nn.Module) -> S:
     """The cd strategy with its loaded amateur model."""
     if not isinstance(strategy.baseline, ContrastiveDecoding):
         raise ValueError("only the cd strategy takes an amateur model")
@@ -191,7 +171,7 @@ class DoLa:
     relative_top: float = 0.1
     penalty: float = 1.2
 
-    def scorer(self, engine: "DecodeEngine", n: int, ban: Tensor | None) -> Scorer:
+    def scorer(self, engine: ScorerHost, n: int, ban: Tensor | None) -> Scorer:
         return _DoLaScorer(Stream(engine.model, engine.controller), self, engine.device, ban)
 
     def rows_per_prompt(self) -> int:
@@ -257,7 +237,7 @@ class ContrastiveSearch:
     penalty_alpha: float = 0.6
     top_k: int = 5
 
-    def scorer(self, engine: "DecodeEngine", n: int, ban: Tensor | None) -> Scorer:
+    def scorer(self, engine: ScorerHost, n: int, ban: Tensor | None) -> Scorer:
         return _ContrastiveSearchScorer(Stream(engine.model, engine.controller), self, engine.device, ban)
 
     def rows_per_prompt(self) -> int:

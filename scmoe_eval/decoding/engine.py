@@ -1,37 +1,43 @@
 """Batched decode loop: stock/routed decoding and SCMoE (strong vs weak routing of one MoE).
 
-One loop serves every strategy; what differs is the *scorer* that turns the fed tokens into (N, V)
-next-token scores:
-- `_PlainScorer`: one forward per step, every row under one routing policy (None = stock).
-- `_PairedScorer` (SCMoE, batched): prompt i occupies rows (2i, 2i+1) = (strong, weak) of ONE forward
-  and ONE KV cache, so the weak prefill runs under weak routing too, as in the paper's code.
-- `TwoStreamScorer` (SCMoE two-pass, also contrastive decoding): two forwards per step, each with its own cache.
-Batched is the default: on CPU and on an H200 it was faster than, or level with, two-pass at every
-size measured (results/bench/). Rows that finish are dropped from the batch and the cache.
+One loop serves every strategy; what differs is the *scorer* (decoding/streams.py) that turns the fed
+tokens into (N, V) next-token scores. Batched SCMoE is the default: on CPU and on an H200 it was faster
+than, or level with, two-pass at every size measured (results/bench/). Rows that finish are dropped from
+the batch and the cache; `generate_continuous` also admits waiting prompts into their place.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from collections import deque
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 from torch import Tensor
-from transformers import DynamicCache
 
 from scmoe_eval.decoding.kernels import few_rows_head, head_suits
 from scmoe_eval.decoding.sampler import GREEDY, Sampler, SamplingParams
-from scmoe_eval.decoding.scmoe import scmoe_logits
 from scmoe_eval.decoding.stopping import StopChecker
+from scmoe_eval.decoding.streams import (
+    Baseline,
+    Contrast,
+    PairedScorer,
+    PlainScorer,
+    Policy,
+    Scorer,
+    Stream,
+    TwoStreamScorer,
+)
+from scmoe_eval.decoding.traffic import expert_bytes, experts_modules
 from scmoe_eval.models.experts import ROUTED as ROUTED_ROWS
 
-if TYPE_CHECKING:
-    from scmoe_eval.decoding.baselines import Baseline
-    from scmoe_eval.models.loading import LoadedModel
-    from scmoe_eval.models.routing import RoutingController, RoutingPolicy
+ROUTED_MIN_BYTES = 1 << 20  # CPU: routed_rows only for experts of >= 1 MiB (smaller ones are overhead-bound)
 
-Policy = Optional["RoutingPolicy"]  # None = the model's stock routing
+if TYPE_CHECKING:
+    from scmoe_eval.models.loading import LoadedModel
+
+__all__ = ["Contrast", "DecodeEngine", "Generation", "Policy", "Stream"]  # Contrast, Policy, Stream: from streams
 
 
 @dataclass
@@ -54,171 +60,6 @@ class Generation:
         }
 
 
-@dataclass(frozen=True)
-class Contrast:
-    """SCMoE settings: strong and weak routing of the same model, plausibility alpha, contrast beta."""
-
-    strong: "RoutingPolicy"
-    weak: "RoutingPolicy"
-    alpha: float = 0.1
-    beta: float = 0.5
-
-
-Hidden = Optional[list[int]]  # hidden_states indices a forward returns (0 = embeddings, -1 = final normed)
-
-
-class Stream:
-    """One model's KV cache, attention mask and next positions over left-padded rows.
-
-    Rows run under fixed routing policies (one per row; None = stock) set on `controller` before
-    each forward; a model without routing hooks (a CD amateur) passes `controller=None`. prefill and
-    step return the whole model output (hidden states only for the `hidden` indices asked for);
-    `logits(out)` gives the last position's float32 logits on `out_device` (default: the model's).
-    """
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        controller: "RoutingController | None" = None,
-        policies: Sequence["RoutingPolicy"] | None = None,
-        out_device: torch.device | None = None,
-    ) -> None:
-        self.model = model
-        self.controller = controller
-        self.policies = None if policies is None else tuple(policies)  # one per row; None = stock for all rows
-        self.device = model.get_input_embeddings().weight.device
-        self.out_device = out_device if out_device is not None else self.device
-        self.cache = DynamicCache(config=model.config)
-        self.mask: Tensor | None = None  # (R, T) 1 = real token
-        self.next_pos: Tensor | None = None  # (R, 1)
-
-    def _route(self) -> None:
-        if self.controller is None:
-            return
-        current = self.controller.policies
-        if current is not self.policies:
-            if current != self.policies:  # re-set only on change (two-pass alternates, rows get dropped)
-                self.controller.set(self.policies)
-            self.policies = self.controller.policies  # the controller's equal tuple: later steps test identity only
-
-    def _forward(self, ids: Tensor, pos: Tensor, hidden: Hidden) -> Any:
-        self._route()
-        return self.model(
-            input_ids=ids,
-            attention_mask=self.mask,
-            position_ids=pos,
-            cache=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
-            output_hidden_states=hidden or False,  # a list keeps only those layers (transformers 5.x)
-        )
-
-    def prefill(self, ids: Tensor, mask: Tensor, hidden: Hidden = None) -> Any:
-        """ids, mask (R, L) left-padded -> model output (last-position logits; hidden states for all L)."""
-        self.mask = mask.to(self.device)
-        pos = (self.mask.cumsum(-1) - 1).clamp(min=0)  # (R, L): padding does not shift positions
-        self.next_pos = pos[:, -1:] + 1
-        out = self._forward(ids.to(self.device), pos, hidden)
-        if self.cache.get_seq_length() == 0:  # an older transformers swallows `cache=` silently
-            raise RuntimeError("the model did not fill the KV cache passed as `cache=`; use transformers >= 5.24")
-        return out
-
-    def step(self, tokens: Tensor, hidden: Hidden = None) -> Any:
-        """tokens (R,) -> model output for the fed token."""
-        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
-        pos = self.next_pos
-        self.next_pos = pos + 1
-        return self._forward(tokens[:, None].to(self.device), pos, hidden)
-
-    def logits(self, out: Any) -> Tensor:
-        return out.logits[:, -1].float().to(self.out_device)  # (R, V); lm_head may sit on another GPU
-
-    def select(self, rows: Tensor) -> None:
-        """Keep only `rows` (indices into the current rows, repeats allowed) in the batch and the cache."""
-        rows = rows.to(self.device)
-        self.cache.batch_select_indices(rows)
-        self.mask = self.mask[rows]
-        self.next_pos = self.next_pos[rows]
-        if self.policies is not None:
-            self.policies = tuple(self.policies[r] for r in rows.tolist())
-
-    def repeat(self, k: int) -> None:
-        """Row r becomes rows r*k .. r*k+k-1 (same cache, mask and positions)."""
-        self.cache.batch_repeat_interleave(k)
-        self.mask = self.mask.repeat_interleave(k, 0)
-        self.next_pos = self.next_pos.repeat_interleave(k, 0)
-        if self.policies is not None:
-            self.policies = tuple(p for p in self.policies for _ in range(k))
-
-
-def ban_tokens(scores: Tensor, ids: Tensor | None) -> Tensor:
-    """scores (R, V) with the `ids` columns set to -inf (the EOS ban); None bans nothing."""
-    return scores if ids is None else scores.index_fill(-1, ids.to(scores.device), float("-inf"))
-
-
-class _PlainScorer:
-    def __init__(self, model, controller, n: int, policy: Policy, ban: Tensor | None) -> None:
-        stock = policy is None or policy.kind == "default"
-        self.stream = Stream(model, controller, None if stock else [policy] * n)
-        self.ban = ban
-
-    def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
-        return ban_tokens(self.stream.logits(self.stream.prefill(ids, mask)), self.ban)
-
-    def step(self, tokens: Tensor) -> Tensor:
-        return ban_tokens(self.stream.logits(self.stream.step(tokens)), self.ban)
-
-    def select(self, rows: Tensor) -> None:
-        self.stream.select(rows)
-
-
-class _PairedScorer:
-    """SCMoE in one forward: rows (2i, 2i+1) = (strong_i, weak_i), the same token fed to both."""
-
-    def __init__(self, model, controller, n: int, contrast: Contrast, ban: Tensor | None) -> None:
-        self.stream = Stream(model, controller, [contrast.strong, contrast.weak] * n)
-        self.contrast = contrast
-        self.ban = ban
-
-    def _score(self, logits: Tensor) -> Tensor:  # (2N, V) -> (N, V)
-        c = self.contrast
-        return ban_tokens(scmoe_logits(logits[0::2], logits[1::2], c.alpha, c.beta), self.ban)  # ban after the mask, as the paper's code
-
-    def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
-        out = self.stream.prefill(ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0))
-        return self._score(self.stream.logits(out))
-
-    def step(self, tokens: Tensor) -> Tensor:
-        return self._score(self.stream.logits(self.stream.step(tokens[:, None].expand(-1, 2).reshape(-1))))  # t0 t0 t1 t1
-
-    def select(self, rows: Tensor) -> None:
-        self.stream.select(torch.stack([2 * rows, 2 * rows + 1], dim=1).flatten())
-
-
-class TwoStreamScorer:
-    """Contrast of two streams fed the same tokens, each with its own cache: SCMoE two-pass (strong
-    and weak routing of one model, the paper code's layout) and contrastive decoding (expert, amateur).
-    Scores are float32 on the strong stream's `out_device`."""
-
-    def __init__(self, strong: Stream, weak: Stream, alpha: float, beta: float, ban: Tensor | None) -> None:
-        self.strong, self.weak = strong, weak
-        self.alpha, self.beta, self.ban = alpha, beta, ban
-
-    def _score(self, out_s: Any, out_w: Any) -> Tensor:
-        z_s, z_w = self.strong.logits(out_s), self.weak.logits(out_w)  # (R, V) each
-        return ban_tokens(scmoe_logits(z_s, z_w, self.alpha, self.beta), self.ban)  # ban after the mask
-
-    def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
-        return self._score(self.strong.prefill(ids, mask), self.weak.prefill(ids, mask))
-
-    def step(self, tokens: Tensor) -> Tensor:
-        return self._score(self.strong.step(tokens), self.weak.step(tokens))
-
-    def select(self, rows: Tensor) -> None:
-        self.strong.select(rows)
-        self.weak.select(rows)
-
-
 class DecodeEngine:
     """Generates completions for a batch of prompts with one loaded MoE model."""
 
@@ -231,6 +72,8 @@ class DecodeEngine:
         self.device = torch.device(loaded.device)
         self.sampler = Sampler()
         self.eos_ids = self._eos_ids()
+        blocks = experts_modules(self.model)
+        self._expert_bytes = expert_bytes(blocks[0]) if blocks else 0
 
     def _eos_ids(self) -> list[int]:
         ids: set[int] = set()
@@ -253,7 +96,8 @@ class DecodeEngine:
         few slots, ruinous with many (H200, Mixtral-8x7B shape: 27 vs 36 ms/token at B=1, 126 vs 40 at
         B=8, results/bench/h200_decode_*.json). So grouped_mm becomes batched_mm only for <= E/2 slots per step.
         On CPU, grouped_mm becomes routed_rows (models/experts.py: zero-weight padding slots skipped)
-        for <= E slots per step, and `paired` (batched SCMoE) rows get the few-rows LM head
+        for <= E slots per step when an expert is big enough for its weights, not Python overhead, to
+        set the cost (>= ROUTED_MIN_BYTES; the tiny test fixture's 96 KiB experts stay on grouped_mm), and `paired` (batched SCMoE) rows get the few-rows LM head
         (decoding/kernels.py); docs/decode-cost.md has the measurements.
         """
         before = self.model.get_experts_implementation()
@@ -262,7 +106,7 @@ class DecodeEngine:
             slots = rows * max(self._slots(p) for p in policies)
             if self.device.type != "cpu":
                 target = "batched_mm" if slots <= self.controller.num_experts // 2 else None
-            elif slots <= self.controller.num_experts:
+            elif slots <= self.controller.num_experts and self._expert_bytes >= ROUTED_MIN_BYTES:
                 target = ROUTED_ROWS
         switch = target is not None and target not in before.values()
         head = paired and self.decode_experts is None and head_suits(self.model, rows)
@@ -292,13 +136,45 @@ class DecodeEngine:
             raise ValueError("sampling needs one seed per prompt")
         return [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
 
+    def _scorer(self, n: int, routing: Policy, contrast: Contrast | None, two_pass: bool,
+                baseline: "Baseline | None", ban: Tensor | None) -> Scorer:
+        """The scorer for n prompts (not yet prefilled)."""
+        if baseline is not None:
+            return baseline.scorer(self, n, ban)
+        if contrast is None:
+            return PlainScorer(self.model, self.controller, n, routing, ban)
+        if two_pass:
+            strong = Stream(self.model, self.controller, [contrast.strong] * n)
+            weak = Stream(self.model, self.controller, [contrast.weak] * n)
+            return TwoStreamScorer(strong, weak, contrast.alpha, contrast.beta, ban)
+        return PairedScorer(self.model, self.controller, n, contrast, ban)
+
+    @staticmethod
+    def _limits(max_new_tokens: int | Sequence[int], n: int) -> list[int]:
+        limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else [int(t) for t in max_new_tokens]
+        if len(limits) != n:
+            raise ValueError(f"max_new_tokens: one limit per prompt expected ({n}), got {len(limits)}")
+        if min(limits) < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        return limits
+
+    @staticmethod
+    def _forward_rows(m: int, routing: Policy, contrast: Contrast | None, two_pass: bool,
+                      baseline: "Baseline | None") -> tuple[int, list[Policy]]:
+        """Rows and routing policies of one decode forward for m live prompts (picks the decode kernels)."""
+        if baseline is not None:
+            return m * baseline.rows_per_prompt(), [None]
+        if contrast is None:
+            return m, [routing]
+        return (m if two_pass else 2 * m), [contrast.strong, contrast.weak]
+
     @torch.inference_mode()
     def generate(
         self,
         prompts: Sequence[str],
         *,
         stops: Sequence[str] = (),
-        max_new_tokens: int,
+        max_new_tokens: int | Sequence[int],
         seeds: Sequence[int] | None = None,
         sampling: SamplingParams = GREEDY,
         routing: Policy = None,
@@ -308,7 +184,7 @@ class DecodeEngine:
         baseline: "Baseline | None" = None,
         num_samples: int = 1,
     ) -> list[Generation]:
-        """Decode every prompt until EOS (unless banned), a stop string, or max_new_tokens.
+        """Decode every prompt until EOS (unless banned), a stop string, or max_new_tokens (one int, or one per prompt).
 
         `routing` applies to plain decoding; `contrast` switches to SCMoE (its own strong/weak policies),
         batched, or with `two_pass=True` two forwards per step (None: batched, the faster mode). One seed per prompt drives a
@@ -322,33 +198,18 @@ class DecodeEngine:
         n = len(prompts)
         if n == 0:
             return []
-        if max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1")
-        generators = self._generators(seeds, n * num_samples, sampling)
+        m = n * num_samples  # decode rows per routing stream
+        limits = [t for t in self._limits(max_new_tokens, n) for _ in range(num_samples)]
+        generators = self._generators(seeds, m, sampling)
         ban = torch.tensor(self.eos_ids, device=self.device) if ban_eos and self.eos_ids else None
         two_pass = bool(two_pass)  # None: batched, measured faster or equal on CPU and H200 (docs/decoding.md)
-        if baseline is not None:
-            scorer = baseline.scorer(self, n, ban)
-        elif contrast is None:
-            scorer = _PlainScorer(self.model, self.controller, n, routing, ban)
-        elif two_pass:
-            strong = Stream(self.model, self.controller, [contrast.strong] * n)
-            weak = Stream(self.model, self.controller, [contrast.weak] * n)
-            scorer = TwoStreamScorer(strong, weak, contrast.alpha, contrast.beta, ban)
-        else:
-            scorer = _PairedScorer(self.model, self.controller, n, contrast, ban)
+        scorer = self._scorer(n, routing, contrast, two_pass, baseline, ban)
         checker = StopChecker(self.tokenizer, stops)
         eos = set() if ban_eos else set(self.eos_ids)
 
-        tokens: list[list[int]] = [[] for _ in range(n * num_samples)]
-        reasons: list[str | None] = [None] * (n * num_samples)
-        m = n * num_samples  # decode rows per routing stream
-        if baseline is not None:  # rows and routing policies of one decode forward
-            rows, policies = m * baseline.rows_per_prompt(), [None]
-        elif contrast is None:
-            rows, policies = m, [routing]
-        else:
-            rows, policies = (m if two_pass else 2 * m), [contrast.strong, contrast.weak]
+        tokens: list[list[int]] = [[] for _ in range(m)]
+        reasons: list[str | None] = [None] * m
+        rows, policies = self._forward_rows(m, routing, contrast, two_pass, baseline)
         with self.controller.use(None):  # whatever routing was in force comes back afterwards
             scores = scorer.prefill(*self.encode(prompts))  # (n, V)
             if num_samples > 1:  # one prefill per prompt, its cache shared by the samples
@@ -357,45 +218,115 @@ class DecodeEngine:
                 scores = scores[fan.to(scores.device)]
             paired = contrast is not None and not two_pass and baseline is None
             with self._decode_kernels(rows, policies, paired):
-                self._decode(scorer, scores, sampling, generators, checker, eos, max_new_tokens, tokens, reasons)
+                live = list(range(m))
+                while live:
+                    scores, live = self._advance(scorer, scores, live, sampling, generators, checker, eos, limits,
+                                                 tokens, reasons)
         return [self._finish(checker, ids, reason) for ids, reason in zip(tokens, reasons)]
 
-    def _decode(
+    @torch.inference_mode()
+    def generate_continuous(
         self,
-        scorer: "_PlainScorer | _PairedScorer | TwoStreamScorer",
+        prompts: Sequence[str],
+        *,
+        batch_size: int,
+        stops: Sequence[str] = (),
+        max_new_tokens: int | Sequence[int],
+        seeds: Sequence[int] | None = None,
+        sampling: SamplingParams = GREEDY,
+        routing: Policy = None,
+        contrast: Contrast | None = None,
+        ban_eos: bool = False,
+        two_pass: bool | None = None,
+    ) -> list[Generation]:
+        """`generate` over many prompts with at most `batch_size` in flight: as rows finish, waiting
+        prompts are prefilled and join the running batch and cache (left-padded to its length), so the
+        batch stays full instead of running until its longest row ends. SCMoE rows join in pairs.
+
+        Same results as `generate` per prompt (fp32: the same token ids as batch 1, tested); in bf16
+        a row's padding differs with its batch companions, the same caveat as static batching.
+        Baselines (CD, DoLa, contrastive search) keep per-row state of their own and are not supported.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        n = len(prompts)
+        if n == 0:
+            return []
+        limits = self._limits(max_new_tokens, n)
+        generators = self._generators(seeds, n, sampling)
+        ban = torch.tensor(self.eos_ids, device=self.device) if ban_eos and self.eos_ids else None
+        two_pass = bool(two_pass)
+        checker = StopChecker(self.tokenizer, stops)
+        eos = set() if ban_eos else set(self.eos_ids)
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        reasons: list[str | None] = [None] * n
+        rows, policies = self._forward_rows(min(batch_size, n), routing, contrast, two_pass, None)
+        paired = contrast is not None and not two_pass
+        waiting, live = deque(range(n)), []
+        scorer: Scorer | None = None
+        scores = None
+        with self.controller.use(None), ExitStack() as kernels:
+            while waiting or live:
+                if waiting and len(live) < batch_size:  # admit: prefill under the model's own kernels
+                    kernels.close()
+                    new = [waiting.popleft() for _ in range(min(batch_size - len(live), len(waiting)))]
+                    joining = self._scorer(len(new), routing, contrast, two_pass, None, ban)
+                    new_scores = joining.prefill(*self.encode([prompts[i] for i in new]))
+                    if scorer is None:
+                        scorer, scores = joining, new_scores
+                    else:
+                        scorer.extend(joining)
+                        scores = torch.cat([scores, new_scores])
+                    live += new
+                    kernels.enter_context(self._decode_kernels(rows, policies, paired))
+                before = len(live)
+                scores, live = self._advance(scorer, scores, live, sampling, generators, checker, eos, limits,
+                                             tokens, reasons)
+                if not live:
+                    scorer = None  # every row finished: the next admission starts a fresh cache
+                elif len(live) < before:
+                    scorer.trim_left()
+        return [self._finish(checker, ids, reason) for ids, reason in zip(tokens, reasons)]
+
+    def _advance(
+        self,
+        scorer: Scorer,
         scores: Tensor,
+        live: list[int],
         sampling: SamplingParams,
         generators: list[torch.Generator] | None,
         checker: StopChecker,
         eos: set[int],
-        max_new_tokens: int,
+        limits: list[int],
         tokens: list[list[int]],
         reasons: list[str | None],
-    ) -> None:
-        """Pick, record and feed tokens until every row has finished; fills `tokens` and `reasons`."""
-        live = list(range(len(tokens)))  # prompt index of every row still in the batch
-        while True:
-            rows_gen = None if generators is None else [generators[i] for i in live]
-            chosen = self.sampler(scores, sampling, rows_gen)  # (R,)
-            keep: list[int] = []
-            for row, (i, tok) in enumerate(zip(live, chosen.tolist())):
-                tokens[i].append(tok)
-                if tok in eos:
-                    reasons[i] = "eos"
-                elif checker.hit(tokens[i]):
-                    reasons[i] = "stop"
-                elif len(tokens[i]) >= max_new_tokens:
-                    reasons[i] = "length"
-                else:
-                    keep.append(row)
-            if not keep:
-                break
-            if len(keep) < len(live):
-                rows = torch.tensor(keep, device=self.device)
-                scorer.select(rows)
-                chosen = chosen[rows]
-                live = [live[r] for r in keep]
-            scores = scorer.step(chosen)
+    ) -> tuple[Tensor | None, list[int]]:
+        """One step: pick and record a token per live row, drop finished rows, feed the rest.
+
+        `live[r]` is the index (into tokens, limits, generators) of row r; returns the next scores
+        and the rows still live (scores None when none is).
+        """
+        rows_gen = None if generators is None else [generators[i] for i in live]
+        chosen = self.sampler(scores, sampling, rows_gen)  # (R,)
+        keep: list[int] = []
+        for row, (i, tok) in enumerate(zip(live, chosen.tolist())):
+            tokens[i].append(tok)
+            if tok in eos:
+                reasons[i] = "eos"
+            elif checker.hit(tokens[i]):
+                reasons[i] = "stop"
+            elif len(tokens[i]) >= limits[i]:
+                reasons[i] = "length"
+            else:
+                keep.append(row)
+        if not keep:
+            return None, []
+        if len(keep) < len(live):
+            rows = torch.tensor(keep, device=self.device)
+            scorer.select(rows)
+            chosen = chosen[rows]
+            live = [live[r] for r in keep]
+        return scorer.step(chosen), live
 
     @staticmethod
     def _finish(checker: StopChecker, ids: list[int], reason: str | None) -> Generation:

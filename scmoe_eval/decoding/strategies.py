@@ -10,8 +10,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from scmoe_eval.config import RoutingConfig, StrategyConfig
-from scmoe_eval.decoding.baselines import Baseline, ContrastiveDecoding, ContrastiveSearch, DoLa
-from scmoe_eval.decoding.engine import Contrast, DecodeEngine, Generation, Policy
+from scmoe_eval.decoding.baselines import ContrastiveDecoding, ContrastiveSearch, DoLa
+from scmoe_eval.decoding.engine import DecodeEngine, Generation
+from scmoe_eval.decoding.streams import Baseline, Contrast, Policy
 from scmoe_eval.decoding.sampler import GREEDY, SamplingParams
 from scmoe_eval.registry import Registry
 

@@ -66,10 +66,11 @@ def routed_rows_experts_forward(
     """
     if self.has_bias or self.is_transposed or self.has_post_expert_norm or not self.has_gate or self._is_expert_parallel:
         return batched_mm_experts_forward(self, hidden_states, top_k_index, top_k_weights)
-    index = top_k_index.tolist()  # the host sync (with the next line)
     by_expert: dict[int, list[tuple[int, int]]] = {}
-    for token, slot in (top_k_weights != 0).nonzero().tolist():  # zero-weight (padding) slots never run
-        by_expert.setdefault(index[token][slot], []).append((token, slot))
+    for token, (experts, weights) in enumerate(zip(top_k_index.tolist(), top_k_weights.tolist())):  # the host sync
+        for slot, (expert, weight) in enumerate(zip(experts, weights)):
+            if weight != 0:  # zero-weight (padding) slots never run
+                by_expert.setdefault(expert, []).append((token, slot))
     out = torch.zeros(hidden_states.shape, dtype=torch.float32, device=hidden_states.device)  # (T, H)
     for expert, pairs in sorted(by_expert.items()):
         if len(pairs) == 1:  # one token: slices (views), no index tensors

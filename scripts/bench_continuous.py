@@ -1,0 +1,108 @@
+"""Whole-benchmark throughput: static batches vs continuous batching (DecodeEngine.generate_continuous).
+
+Static: prompts in fixed batches of B, each batch decoding until its longest row ends (the finished
+rows' slots sit empty). Continuous: at most B prompts in flight, waiting prompts admitted as rows
+finish. The workload is GSM8K-shaped: `--items` questions, completion lengths drawn from a
+log-normal (median ~150 tokens) clipped to [40, 400] and forced by a per-item length schedule
+(EOS banned, no stops), so both modes generate exactly the same tokens. Rounds interleave
+static/continuous; reports generated tokens/s (median) and whether the token ids agree.
+
+  python scripts/bench_continuous.py            # CPU, 1 thread, fixture tiny, B 8 and 16, greedy and SCMoE
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+from scmoe_eval.config import ModelConfig
+from scmoe_eval.decoding.engine import Contrast, DecodeEngine
+from scmoe_eval.models.fixtures import fixture_path
+from scmoe_eval.models.loading import load_model
+from scmoe_eval.models.routing import RoutingPolicy
+
+QUESTIONS = (
+    "Natalia sold clips to {a} of her friends in April, and then she sold half as many clips in May. How many clips did she sell altogether?",
+    "Weng earns ${a} an hour for babysitting. Yesterday, she just did {b} minutes of babysitting. How much did she earn?",
+    "Betty is saving money for a new wallet which costs ${a}. Betty has only half of the money she needs. Her parents decided to give her ${b} for that purpose. How much more money does Betty need?",
+    "James writes a {a}-page letter to {b} different friends twice a week. How many pages does he write a year?",
+)
+
+
+def workload(items: int, seed: int) -> tuple[list[str], list[int]]:
+    """GSM8K-shaped questions and their forced completion lengths (log-normal, median ~150, in [40, 400])."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.exp(torch.randn(items, generator=g) * 0.6 + torch.log(torch.tensor(150.0)))
+    lengths = lengths.round().clamp(40, 400).long().tolist()
+    nums = torch.randint(2, 99, (items, 2), generator=g).tolist()
+    prompts = [f"Question: {QUESTIONS[i % len(QUESTIONS)].format(a=a, b=b)}\nAnswer:" for i, (a, b) in enumerate(nums)]
+    return prompts, lengths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=["tiny", "mid"], default="tiny")
+    parser.add_argument("--items", type=int, default=64)
+    parser.add_argument("--batch", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--methods", nargs="+", choices=["greedy", "scmoe"], default=["greedy", "scmoe"])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("results/bench/continuous.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
+    loaded = load_model(ModelConfig(path=str(fixture_path("mixtral", args.size)), dtype="float32", device="cpu"))
+    engine = DecodeEngine(loaded)
+    prompts, lengths = workload(args.items, args.seed)
+    total_tokens = sum(lengths)
+    contrast = Contrast(RoutingPolicy.topk(2), RoutingPolicy.rank(2))
+    rows, summary = [], {}
+    for method in args.methods:
+        kw = dict(ban_eos=True, **({"contrast": contrast} if method == "scmoe" else {}))
+        for batch in args.batch:
+            def static(batch=batch, kw=kw):
+                out = []
+                for s in range(0, len(prompts), batch):
+                    out += engine.generate(prompts[s : s + batch], max_new_tokens=lengths[s : s + batch], **kw)
+                return out
+
+            def continuous(batch=batch, kw=kw):
+                return engine.generate_continuous(prompts, batch_size=batch, max_new_tokens=lengths, **kw)
+
+            times: dict[str, list[float]] = {"static": [], "continuous": []}
+            ids = {}
+            for _ in range(args.rounds):
+                for mode, fn in (("static", static), ("continuous", continuous)):
+                    start = time.perf_counter()
+                    gens = fn()
+                    times[mode].append(time.perf_counter() - start)
+                    ids[mode] = [g.token_ids for g in gens]
+            assert [len(t) for t in ids["static"]] == lengths
+            tps = {m: total_tokens / statistics.median(v) for m, v in times.items()}
+            key = f"{method}/B{batch}"
+            summary[key] = dict(static_tokens_per_s=tps["static"], continuous_tokens_per_s=tps["continuous"],
+                                continuous_over_static=tps["continuous"] / tps["static"],
+                                same_tokens=ids["static"] == ids["continuous"])
+            rows += [dict(method=method, batch=batch, mode=m, seconds_runs=[round(t, 3) for t in v]) for m, v in times.items()]
+            print(key, json.dumps(summary[key]), flush=True)
+    report = dict(device=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+                  torch=torch.__version__, transformers=transformers.__version__,
+                  settings=dict(model=f"fixture mixtral {args.size}", items=args.items, rounds=args.rounds,
+                                generated_tokens=total_tokens, lengths=lengths),
+                  loadavg_start=load_start, loadavg_end=os.getloadavg(), results=rows, summary=summary)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
