@@ -51,7 +51,7 @@ HASH_EXCLUDED_KEYS: tuple[str, ...] = (
 IDENTITY_KEY = "identity"
 LOCATION_KEYS: tuple[str, ...] = (
     "task.data_dir", "task.path", "task.demo", "task.dataset", "task.subset", "task.split", "task.revision",
-    "model.path", "model.revision", "strategy.amateur",
+    "model.path", "model.revision", "strategy.amateur", "analysis.amateur",
 )
 _PACKAGES = (
     "scmoe-eval", "torch", "transformers", "accelerate", "datasets", "tokenizers", "safetensors",

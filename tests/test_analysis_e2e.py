@@ -71,9 +71,9 @@ def test_kld_resumes_at_the_item_level(tmp_path: Path, tiny_mixtral_path: Path) 
     # run.limit is part of the config (as for runs), so the full run is another directory: seed it with
     # the first run's records, then tear its last line
     full_cfg = config(tmp_path / "a", tiny_mixtral_path, weak=weak)
-    from scmoe_eval.analysis.runner import open_store
+    from scmoe_eval.analysis.runner import check, open_store
 
-    store = open_store(full_cfg)
+    store = open_store(full_cfg, *check(full_cfg))
     store.append(records(first))
     with open(store.path / "generations.jsonl", "a") as fh:
         fh.write('{"id": "gsm8k-train/3", "index": 3, "sam')
@@ -142,3 +142,29 @@ def test_bad_settings_fail_before_the_model_loads(tmp_path: Path, tiny_mixtral_p
         run_analysis(bad)
     with pytest.raises(ConfigError, match="analysis.example_index"):
         run_analysis(config(tmp_path, tiny_mixtral_path, name="heatmap", split="test", example_index=5))
+
+
+def test_run_dir_follows_the_content_not_the_paths(tmp_path: Path, tiny_mixtral_path: Path) -> None:
+    """The same texts at two paths share one analysis directory; changed texts get another."""
+    import shutil
+
+    from scmoe_eval.analysis.runner import check, open_store
+
+    from scmoe_eval.analysis.data import SPLIT_SIZES
+
+    rows = [{"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"}
+            for i in range(SPLIT_SIZES["train"])]  # a full-size train split (the loader checks the count)
+    a, b, changed = tmp_path / "a", tmp_path / "mount" / "b", tmp_path / "changed"
+    a.mkdir()
+    (a / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shutil.copytree(a, b)
+    changed.mkdir()
+    rows[0]["answer"] = "Therefore " + rows[0]["answer"]
+    (changed / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def run_dir(data: Path) -> Path:
+        cfg = config(tmp_path / "out", tiny_mixtral_path, limit=2, weak=["rank2"])
+        cfg = AnalyzeConfig(model=cfg.model, task=TaskConfig(data_dir=str(data)), run=cfg.run, analysis=cfg.analysis)
+        return open_store(cfg, *check(cfg)).path
+
+    assert run_dir(a) == run_dir(b) != run_dir(changed)

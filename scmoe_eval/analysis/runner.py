@@ -16,6 +16,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -28,7 +29,9 @@ from scmoe_eval.analysis.forward import encode, multi_routing_forward, plain_for
 from scmoe_eval.analysis.report import write_report
 from scmoe_eval.config import ConfigError
 from scmoe_eval.pipeline import run_log
-from scmoe_eval.store import RunStore, _atomic_write, _safe, config_hash
+from scmoe_eval.identity import items_fingerprint, model_identity
+from scmoe_eval.runlock import RunLock
+from scmoe_eval.store import IDENTITY_KEY, RunStore, _atomic_write, _safe, config_hash
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +42,30 @@ def store_name(cfg: dict[str, Any]) -> str:
                       config_hash(cfg)[:8]])
 
 
-def open_store(cfg: AnalyzeConfig) -> RunStore:
-    cfg_dict = dataclasses.asdict(cfg)  # unresolved model.path: "fixture:mixtral" is portable
+def identity(resolved: AnalyzeConfig, items: list[TextItem]) -> dict[str, str]:
+    """What is analysed, not where it lies (scmoe_eval/identity.py's rule for runs): texts and checkpoints."""
+    texts = (SimpleNamespace(id=it.id, prompt=it.prefix, gold=it.answer) for it in items)
+    block = {"data": items_fingerprint(texts), "model": model_identity(resolved.model.path, resolved.model.revision)}
+    if resolved.analysis.amateur:
+        block["amateur"] = model_identity(resolved.analysis.amateur, None)
+    return block
+
+
+def open_store(cfg: AnalyzeConfig, resolved: AnalyzeConfig, items: list[TextItem]) -> RunStore:
+    """The run directory of `cfg`, hashed by its settings and `identity` (the paths go to environment.json)."""
+    cfg_dict = dataclasses.asdict(cfg)
     cfg_dict["analysis"].pop("tables_dir")  # where copies go, not what is computed (environment.json keeps it)
+    cfg_dict[IDENTITY_KEY] = identity(resolved, items)
     return RunStore(Path(cfg.run.output_dir), cfg_dict, name=store_name(cfg_dict))
 
 
 def check(cfg: AnalyzeConfig) -> tuple[AnalyzeConfig, list[TextItem]]:
     """Every check before the model loads; returns the config with model.path resolved and the items."""
-    from scmoe_eval.preflight import _check_gpu, num_experts, read_model_config, resolve_model_path
+    from scmoe_eval.preflight import _check_gpu, check_local_path, num_experts, read_model_config, resolve_model_path
 
     validate_analysis(cfg)
     resolved = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=resolve_model_path(cfg.model)))
+    check_local_path(resolved.model)
     _check_gpu(resolved.model)
     validate_analysis(resolved, num_experts=num_experts(read_model_config(resolved.model)))
     if cfg.analysis.amateur:
@@ -67,9 +82,9 @@ def check(cfg: AnalyzeConfig) -> tuple[AnalyzeConfig, list[TextItem]]:
 def run_analysis(cfg: AnalyzeConfig) -> Path:
     """Resumable: items already in the store are not recomputed. Returns the run directory."""
     resolved, items = check(cfg)
-    store = open_store(cfg)
+    store = open_store(cfg, resolved, items)
     analysis = ANALYSES.get(cfg.analysis.name)()
-    with run_log(store.path / "run.log"):
+    with run_log(store.path / "run.log"), RunLock(store.lock_path()):
         log.info("analysis dir %s", store.path)
         done = store.done_keys()
         todo = [it for it in items if (it.index, 0) not in done]
@@ -88,7 +103,9 @@ def run_analysis(cfg: AnalyzeConfig) -> Path:
             target.mkdir(parents=True, exist_ok=True)
             for path in paths:
                 shutil.copy2(path, target / path.name)
-        store.write_environment({**stats, "tables_dir": cfg.analysis.tables_dir})
+        paths_here = {"task.data_dir": cfg.task.data_dir, "model.path": cfg.model.path,
+                      "model.resolved_path": resolved.model.path, "analysis.amateur": resolved.analysis.amateur}
+        store.write_environment({**stats, "tables_dir": cfg.analysis.tables_dir, "local_paths": paths_here})
         log.info("wrote %s", ", ".join(p.name for p in paths))
     return store.path
 
