@@ -79,7 +79,7 @@ _TOPK_KEYS = ("num_experts_per_tok", "moe_topk", "moe_k", "top_k_experts", "num_
 _SHARED_KEYS = ("n_shared_experts", "num_shared_experts", "moe_num_shared_experts")
 _GROUP_KEYS = ("n_group", "num_expert_group")
 _LAYER_KEYS = ("num_hidden_layers", "n_layers", "num_layers")
-_DROP = ("per_layer_config", "num_attention_heads_per_layer", "layer_rope_theta")
+_DROP = ("num_attention_heads_per_layer", "layer_rope_theta")
 
 # What the generic rules cannot guess, per family (module name), applied last.
 TINY_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -93,6 +93,7 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
     "dots1": dict(n_shared_experts=1),
     "dots3_note": dict(head_dim=16),
     "mistral4": dict(head_dim=16),
+    "gemma4": dict(enable_moe_block=True, global_head_dim=16, num_global_key_value_heads=2),
     "qwen4_exp": dict(indexer_n_heads=2, indexer_kv_heads=1, indexer_head_dim=16, indexer_budget=8,
                       indexer_compress_ratio=4, ngram_vocab_size_base=1024, hc_lowrank=8, split_ngram_parts=4),
 }
@@ -102,7 +103,7 @@ def causal_lm_class(family: str) -> type[nn.Module]:
     """The family's `*ForCausalLM` class (the auto mapping's when it has one, else the modeling file's)."""
     module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
     for model_type, name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items():
-        if model_type_to_module_name(model_type) == family and hasattr(module, name):
+        if model_type_to_module_name(model_type) == family and name.endswith("ForCausalLM") and hasattr(module, name):
             return getattr(module, name)
     names = sorted(n for n in vars(module) if n.endswith("ForCausalLM") and isinstance(getattr(module, n), type))
     if not names:
@@ -131,7 +132,7 @@ def tiny_config_kwargs(family: str, config_cls: type[PretrainedConfig]) -> dict[
     layer_key = next((k for k in _LAYER_KEYS if k in defaults), None)
     layers = int(defaults[layer_key]) if layer_key else 0
     lists = _per_layer_lists(defaults, layers)
-    kinds = max([len(set(map(str, v))) for v in lists.values()] + [2])
+    kinds = max([len(set(v)) for v in lists.values() if all(isinstance(x, str) for x in v)] + [2])
     out: dict[str, Any] = {k: v for k, v in _SIZES.items() if k in defaults}
     heads, kv = defaults.get("num_attention_heads"), defaults.get("num_key_value_heads")
     if kv is not None:
@@ -164,8 +165,8 @@ def tiny_config_kwargs(family: str, config_cls: type[PretrainedConfig]) -> dict[
     if layer_key:
         n = max(kinds, 2 + int(bool(out.get("first_k_dense_replace") or out.get("num_dense_layers"))))
         out[layer_key] = n
-        for key, values in lists.items():
-            out[key] = _shrink_layers(values, n)
+        for key, values in lists.items():  # layer kinds keep one of each; index/flag lists keep their head
+            out[key] = _shrink_layers(values, n) if all(isinstance(x, str) for x in values) else values[:n]
     for key in _DROP:
         if key in defaults:
             out[key] = None
