@@ -62,3 +62,21 @@ def test_docs_are_generated_from_the_census_and_readme_quotes_the_count():
 @pytest.mark.parametrize("module", SUPPORTED)
 def test_equivalence_core(module):
     assert check_family(module) == []
+
+
+def test_flagship_checkpoints_have_model_configs():
+    """conf/model/ holds a config for the flagship checkpoint of every supported family that names one."""
+    import yaml
+
+    paths = {}
+    for conf in (REPO / "conf" / "model").glob("*.yaml"):
+        data = yaml.safe_load(conf.read_text())
+        paths[data.get("path")] = data
+    flagships = [f for f in CATALOG if f.supported and f.flagship]
+    assert len(flagships) >= 20
+    for family in flagships:
+        conf = paths.get(family.flagship)
+        assert conf is not None, f"no conf/model/*.yaml with path: {family.flagship}"
+        assert conf["dtype"] == "bfloat16"
+        if family.flagship_params_b >= 20:
+            assert conf["device_map"] == "auto", family.flagship

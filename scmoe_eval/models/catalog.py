@@ -121,8 +121,7 @@ FAMILIES: tuple[Family, ...] = (
            "declared, but MiniMaxModel refuses transformers' DynamicCache and needs its own MiniMaxCache; the engine's "
            "Stream builds a DynamicCache (which serves every other hybrid here), so MiniMax needs a cache kind in "
            "decoding/engine.py first"),
-    Family("qwen3_5_moe", kind=SOFTMAX_TOPK_NORM, cache="gated DeltaNet (linear attention)",
-           flagship="Qwen/Qwen3.5-35B-A3B", flagship_params_b=35.0),
+    Family("qwen3_5_moe", kind=SOFTMAX_TOPK_NORM, cache="gated DeltaNet (linear attention)"),
     Family("hunyuan_v1_moe", router=("Gate",), kind=SOFTMAX_TOPK_NORM,
            flagship="tencent/Hunyuan-A13B-Instruct", flagship_params_b=80.0),
     Family("jamba", kind=SOFTMAX_TOPK_RAW, cache="Mamba", flagship="ai21labs/AI21-Jamba-Mini-1.5",
