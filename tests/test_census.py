@@ -1,6 +1,6 @@
 """The family census can fail: the installed transformers' MoE families must match the catalog, the
-generated docs must be current, and every supported family must pass the equivalence core on its
-tiny random model (stock bit-exactness, per-row batches, rank weight 1, batched == two-pass SCMoE)."""
+generated docs must be current, and flagship configs exist. The equivalence core on every supported
+family's tiny model lives in tests/test_census_core_{a,b}.py (two files, so `--dist loadfile` spreads them)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import transformers
 
 from scmoe_eval.models.catalog import FAMILIES as CATALOG
-from scmoe_eval.models.census import census, check_family, installed_families, render, router_classes
+from scmoe_eval.models.census import census, installed_families, render, router_classes
 from scmoe_eval.models.families import FAMILIES, detect_family
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,8 +46,8 @@ def test_every_supported_family_is_registered_and_detected():
 
 def test_docs_are_generated_from_the_census_and_readme_quotes_the_count():
     doc = (REPO / "docs" / "families.md").read_text()
-    assert doc == render(census()), "docs/families.md is stale: run python scripts/census_families.py"
     rows = census()
+    assert doc == render(rows), "docs/families.md is stale: run python scripts/census_families.py"
     assert {r.status for r in rows} <= {"supported", "unsupported"}
     supported = sum(r.status == "supported" for r in rows)
     assert supported >= 40
@@ -57,11 +57,6 @@ def test_docs_are_generated_from_the_census_and_readme_quotes_the_count():
     readme = (REPO / "README.md").read_text()
     assert re.search(rf"\*\*{supported} of {len(rows)}\*\* MoE families", readme), "README census line is stale"
     assert "docs/families.md" in readme
-
-
-@pytest.mark.parametrize("module", SUPPORTED)
-def test_equivalence_core(module):
-    assert check_family(module) == []
 
 
 def test_flagship_checkpoints_have_model_configs():

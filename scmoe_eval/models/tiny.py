@@ -36,6 +36,7 @@ _SIZES: dict[str, Any] = {
     "expert_ffn_hidden_size": 64,
     "shared_expert_intermediate_size": 64,
     "shared_intermediate_size": 64,
+    "shared_experts_intermediate_size": 64,
     "moe_shared_expert_intermediate_size": 64,
     "num_attention_heads": 4,
     "swa_num_attention_heads": 4,
@@ -91,7 +92,7 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
     "inkling2": dict(unpadded_vocab_size=VOCAB),
     "inkling2_loop": dict(unpadded_vocab_size=VOCAB),
     "dots1": dict(n_shared_experts=1),
-    "dots3_note": dict(head_dim=16),
+    "dots3_note": dict(head_dim=16, per_layer_config=None),  # its per-layer overrides are full-size
     "mistral4": dict(head_dim=16),
     "gemma4": dict(enable_moe_block=True, global_head_dim=16, num_global_key_value_heads=2),
     "qwen4_exp": dict(indexer_n_heads=2, indexer_kv_heads=1, indexer_head_dim=16, indexer_budget=8,
