@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import transformers
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES, model_type_to_module_name
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from scmoe_eval.models.catalog import FAMILIES as CATALOG
 from scmoe_eval.models.catalog import Family
@@ -51,6 +52,11 @@ def model_types(module: str) -> list[str]:
     return [t for t in CONFIG_MAPPING_NAMES if model_type_to_module_name(t) == module]
 
 
+def causal_lm_mapped(module: str) -> bool:
+    """Some model type of the family loads through AutoModelForCausalLM (the harness's load path)."""
+    return any(model_type_to_module_name(t) == module for t in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
 def catalog() -> dict[str, Family]:
     return {f.module: f for f in CATALOG}
 
@@ -78,6 +84,11 @@ def census() -> list[Row]:
             status, kind, reason = "unknown", "?", "not in scmoe_eval/models/catalog.py: declare its router kind"
         elif module not in installed:
             status, kind, reason = "missing", "?", "in the catalog but not in this transformers"
+        elif family.supported and not causal_lm_mapped(module):
+            status, kind, reason = "unsupported", family.kind.label if family.kind else "?", (
+                "the router kind is declared and its checks pass on the *ForCausalLM class, but transformers "
+                f"{transformers.__version__} maps no model type of this family to AutoModelForCausalLM, so "
+                "load_model cannot load a checkpoint of it")
         elif family.supported:
             kinds = [family.kind] if family.kind else list(family.variants[1].values())
             status, kind, reason = "supported", " / ".join(dict.fromkeys(k.label for k in kinds)), ""
