@@ -11,7 +11,7 @@ installed transformers: a new or changed family fails a test rather than routing
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 INF = float("inf")
 
@@ -86,7 +86,6 @@ class Family:
     cache: str = "attention"  # what the decode cache holds besides attention KV: attention | <the state kind>
     flagship: str = ""  # Hub id of the flagship checkpoint (conf/model/<module>.yaml)
     flagship_params_b: float = 0.0  # total parameters, billions (device_map=auto above ~20B)
-    extra: dict = field(default_factory=dict)
 
     @property
     def supported(self) -> bool:

@@ -241,7 +241,7 @@ def check_family(module: str, steps: int = 32) -> list[str]:
             alone = model(input_ids=ids[row : row + 1]).logits
         if not torch.allclose(mixed[row], alone[0], rtol=0, atol=1e-4):
             failures.append(f"mixed batch row {row} ({policy}) differs from its separate run")
-    if family.topk_exact and module not in ("llama4",):
+    if family.topk_exact:
         with ctl.use([P.rank(1)] * 4):
             if not torch.allclose(model(input_ids=ids).logits, rank1, rtol=0, atol=1e-5):
                 failures.append("rank(1) from the router's output differs from the recomputed rank(1)")
