@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scmoe_eval.models.catalog import FAMILIES as CATALOG
+from scmoe_eval.models.catalog import Family, RouterKind
 from scmoe_eval.registry import Registry
 
 FAMILIES: Registry[type["FamilyAdapter"]] = Registry("model family")
@@ -38,6 +40,7 @@ class RouterScores:
     topk_key: torch.Tensor  # (T, E): what the family's own torch.topk runs on (groups masked as it does)
     rank_key: torch.Tensor  # (T, E): the family ranks experts by this, highest first
     group_keep: torch.Tensor | None = None  # (T, E) bool: experts of the kept groups rank before all others
+    logits: torch.Tensor | None = None  # (T, E): the router logits, for kinds that weight by a softmax over the chosen
 
     @cached_property
     def order(self) -> torch.Tensor:
@@ -67,6 +70,7 @@ class FamilyAdapter:
     # The router's index columns are its first k experts in the family's order, best first, so rank(r)
     # for r <= own k is column r-1 (a sorted torch.topk on the ranking key, with no expert groups).
     stock_ranked: ClassVar[bool] = True
+    min_width: ClassVar[int] = 1  # fewest expert slots the family's MoE block accepts per token
 
     def find_routers(self, model: nn.Module) -> list[nn.Module]:
         return [m for m in model.modules() if type(m).__name__.endswith(self.router_suffixes)]
@@ -95,6 +99,19 @@ class FamilyAdapter:
 
     def scale(self, router: nn.Module) -> float:
         return 1.0
+
+    def chosen_weights(self, router: nn.Module, scores: RouterScores, index: torch.Tensor, k: int) -> torch.Tensor:
+        """(T, k) weights of the chosen experts before scaling: their gates, renormalised as the family does."""
+        weights = scores.weights.gather(1, index)
+        return self.renormalize(router, weights) if self.normalize_topk(router, k) else weights
+
+    def renormalize(self, router: nn.Module, weights: torch.Tensor) -> torch.Tensor:
+        return weights / (weights.sum(dim=-1, keepdim=True) + self.norm_eps)
+
+    def rescale(self, router: nn.Module, weights: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Routed weights times the family's scaling factor (scalar here; per expert for some kinds)."""
+        scale = self.scale(router)
+        return weights * scale if scale != 1.0 else weights
 
     def dispatch_blocks(self, model: nn.Module, routers: list[nn.Module]) -> list[nn.Module]:
         """MoE blocks that size their expert dispatch from an attribute instead of the router's output
@@ -252,6 +269,166 @@ class DeepseekMoeAdapter(FamilyAdapter):
         ]
 
 
+def _attr(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class KindAdapter(FamilyAdapter):
+    """A family declared in `catalog.py` by its router kind: the routing rule is data, not code.
+
+    Every method mirrors the kind's router forward in transformers 5.24 op for op, so the default
+    and topk(own k) checks of the census are bit-exact. Kinds whose selection bias is a forward
+    argument (`bias="arg"`) read it from the call the hook sees (`router_logits` runs first).
+    """
+
+    family: ClassVar[Family]
+
+    def __init__(self) -> None:
+        self._bias_arg: torch.Tensor | None = None
+
+    @property
+    def router_suffixes(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.family.router
+
+    @property
+    def topk_exact(self) -> bool:  # type: ignore[override]
+        return self.family.topk_exact
+
+    @property
+    def min_width(self) -> int:  # type: ignore[override]
+        return self.family.min_width
+
+    @property
+    def stock_ranked(self) -> bool:  # type: ignore[override]
+        kind = self._kinds()[0] if self.family.variants else self.family.kind
+        return bool(self.family.topk_exact and kind.sorted and kind.groups is None)
+
+    @property
+    def topk_sorted(self) -> bool:  # type: ignore[override]
+        return self._kinds()[0].sorted if self.family.variants else self.family.kind.sorted
+
+    def _kinds(self) -> list[RouterKind]:
+        return list(self.family.variants[1].values()) if self.family.variants else [self.family.kind]
+
+    def kind(self, router: nn.Module) -> RouterKind:
+        if self.family.variants:
+            attr, kinds = self.family.variants
+            return kinds[getattr(router, attr)]
+        return self.family.kind
+
+    def num_experts(self, router: nn.Module) -> int:
+        return int(_attr(router, self.family.experts))
+
+    def default_k(self, router: nn.Module) -> int:
+        return int(_attr(router, self.family.top_k))
+
+    def router_logits(self, router: nn.Module, args: tuple, output: Any) -> torch.Tensor:
+        self._bias_arg = args[1] if len(args) > 1 else None
+        return output[1] if self.kind(router).contract == "dense" else output[0]
+
+    def stock_selection(self, output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.family.kind is not None and self.family.kind.contract == "dense":
+            dense = output[0]  # (T, E): gate of the chosen experts, 0 elsewhere
+            index = output[1].topk(self._dense_k, dim=-1).indices  # the router's own sorted top-k on logits
+            return index, dense.gather(1, index)
+        return output[2], output[1]
+
+    def pack(self, output: Any, index: torch.Tensor, weights: torch.Tensor) -> Any:
+        if self.family.kind is not None and self.family.kind.contract == "dense":
+            dense = torch.zeros_like(output[0]).scatter_add_(1, index, weights.to(output[0].dtype))
+            return dense, output[1]
+        return output[0], weights, index
+
+    def find_routers(self, model: nn.Module) -> list[nn.Module]:
+        routers = super().find_routers(model)
+        if routers and self.family.kind is not None and self.family.kind.contract == "dense":
+            self._dense_k = self.default_k(routers[0])
+        return routers
+
+    def scores(self, router: nn.Module, logits: torch.Tensor) -> RouterScores:
+        kind = self.kind(router)
+        if kind.score == "softmax":
+            gates = logits.softmax(dim=-1, dtype=torch.float32) if kind.fp32 else logits.softmax(dim=-1)
+        elif kind.score == "sigmoid":
+            gates = logits.float().sigmoid()
+        elif kind.score == "fn":
+            gates = router.score_fn(logits)
+        else:  # "probs": the router's output 0 already is the softmax
+            gates = logits
+        key = logits if kind.select == "logits" else gates
+        bias = self._bias(router, kind)
+        if bias is not None:
+            key = key + bias
+        keep = None
+        if kind.groups is not None and getattr(router, "num_group", None):
+            T, E = key.shape
+            grouped = key.view(T, router.num_group, E // router.num_group)
+            if kind.groups == "top2":
+                group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)
+            else:
+                group_scores = grouped.max(dim=-1).values
+            keep = _group_keep(group_scores, router.topk_group, E)
+        topk_key = key if keep is None else key.masked_fill(~keep, kind.group_fill)
+        return RouterScores(weights=gates, topk_key=topk_key, rank_key=key, group_keep=keep, logits=logits)
+
+    def _bias(self, router: nn.Module, kind: RouterKind) -> torch.Tensor | None:
+        if kind.bias is None:
+            return None
+        if kind.bias == "arg":
+            return self._bias_arg
+        return _attr(router, kind.bias).squeeze()
+
+    def chosen_weights(self, router: nn.Module, scores: RouterScores, index: torch.Tensor, k: int) -> torch.Tensor:
+        kind = self.kind(router)
+        if kind.weights == "softmax_chosen":  # top-k on the logits, then softmax over those k
+            return scores.logits.gather(1, index).float().softmax(dim=-1)
+        if kind.weights == "score_chosen":  # the score function on the gathered logits, as the router does
+            weights = scores.logits.gather(1, index).float().sigmoid()
+            return self.renormalize(router, weights) if self.normalize_topk(router, k) else weights
+        return super().chosen_weights(router, scores, index, k)
+
+    def normalize_topk(self, router: nn.Module, k: int) -> bool:
+        normalize = self.kind(router).normalize
+        return bool(getattr(router, normalize)) if isinstance(normalize, str) else normalize
+
+    def renormalize(self, router: nn.Module, weights: torch.Tensor) -> torch.Tensor:
+        kind = self.kind(router)
+        total = weights.sum(dim=-1, keepdim=True)
+        if kind.clamp is not None:
+            return weights / total.clamp(min=_attr(router, kind.clamp))
+        return weights / (total + kind.eps) if kind.eps else weights / total
+
+    def scale(self, router: nn.Module) -> float:
+        kind = self.kind(router)
+        return float(_attr(router, kind.scale)) if kind.scale else 1.0
+
+    def rescale(self, router: nn.Module, weights: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        kind = self.kind(router)
+        weights = super().rescale(router, weights, index)
+        if kind.expert_scale is not None:
+            weights = weights * _attr(router, kind.expert_scale)[index]
+        return weights
+
+
+def _register_declared() -> None:
+    """One `KindAdapter` subclass per supported catalog family that has no hand-written adapter."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES, model_type_to_module_name
+
+    for family in CATALOG:
+        if not family.supported or family.module in FAMILIES:
+            continue
+        types = tuple(t for t in CONFIG_MAPPING_NAMES if model_type_to_module_name(t) == family.module)
+        cls = type(
+            f"{family.module.title().replace('_', '')}Adapter",
+            (KindAdapter,),
+            {"name": family.module, "model_types": types or (family.module,), "family": family,
+             "__doc__": f"{family.module}: router kind declared in catalog.py"},
+        )
+        FAMILIES.register(family.module)(cls)
+
+
 def supported_families() -> str:
     """Human-readable list for error messages."""
     return ", ".join(f"{n} (model_type {'/'.join(FAMILIES.get(n).model_types)})" for n in FAMILIES)
@@ -269,3 +446,6 @@ def detect_family(model_or_config: Any) -> FamilyAdapter:
         f"model_type {model_type!r} has no supported MoE layers (routing control needs a known MoE router); "
         f"supported families: {supported_families()}"
     )
+
+
+_register_declared()

@@ -242,7 +242,7 @@ class RoutingController:
             policies=policies,
             unique=unique,
             from_stock=tuple(self._from_stock(p) for p in unique),
-            width=max(self._width(p) for p in unique),
+            width=max([self._width(p) for p in unique] + [self.adapter.min_width]),
             row_policy=row_policy,
         )
 
@@ -282,7 +282,7 @@ class RoutingController:
             return scores.top(policy.k)[:, policy.k - 1 : policy.k], None  # (T, 1)
         if policy.kind == "topk":  # the family's own top-k call: same experts, same slot order
             index = scores.topk_key.topk(policy.k, dim=-1, sorted=adapter.topk_sorted).indices  # (T, k)
-            return index, self._finish(router, gates.gather(1, index), adapter.normalize_topk(router, policy.k))
+            return index, adapter.rescale(router, adapter.chosen_weights(router, scores, index, policy.k), index)
         if policy.kind == "topp":
             order = scores.order  # (T, E)
             sorted_gates = gates.gather(1, order)  # (T, E), best first
@@ -290,20 +290,19 @@ class RoutingController:
             before = torch.cat([torch.zeros_like(mass[:, :1]), mass.cumsum(dim=-1)[:, :-1]], dim=1)  # (T, E)
             keep = before <= policy.p  # prefix up to the first expert that takes the mass past p
             index = torch.where(keep, order, order[:, :1])
-            return index, self._finish(router, sorted_gates * keep, adapter.normalize_topk(router, self.num_experts))
+            return index, self._finish(router, sorted_gates * keep, adapter.normalize_topk(router, self.num_experts), index)
         # random: k experts uniformly without replacement, per token per layer
         noise = torch.rand(gates.shape, generator=self._generator(policy, gates.device), device=gates.device)
         index = noise.argsort(dim=-1)[:, : policy.k]  # (T, k)
         if policy.k == 1:
             return index, None
-        return index, self._finish(router, gates.gather(1, index), adapter.normalize_topk(router, policy.k))
+        return index, adapter.rescale(router, adapter.chosen_weights(router, scores, index, policy.k), index)
 
-    def _finish(self, router: nn.Module, weights: torch.Tensor, normalize: bool) -> torch.Tensor:
-        """Renormalise (family epsilon) and apply the family's routed scaling factor."""
+    def _finish(self, router: nn.Module, weights: torch.Tensor, normalize: bool, index: torch.Tensor) -> torch.Tensor:
+        """Renormalise (as the family does) and apply the family's routed scaling."""
         if normalize:
-            weights = weights / (weights.sum(dim=-1, keepdim=True) + self.adapter.norm_eps)
-        scale = self.adapter.scale(router)
-        return weights * scale if scale != 1.0 else weights
+            weights = self.adapter.renormalize(router, weights)
+        return self.adapter.rescale(router, weights, index)
 
     def _hook(self, router: nn.Module, args: tuple, output: Any) -> Any:
         state = self._state

@@ -1,0 +1,258 @@
+"""Census of the installed transformers' MoE causal LMs against the family catalog.
+
+`installed_families()` finds every `transformers/models/<module>` whose modeling file defines a
+`*ForCausalLM` and a router module (`*TopKRouter`, `*Router`, `*Gate`); `census()` pairs each with
+its `catalog.Family` (supported kind, or unsupported with the reason) and `render()` writes
+docs/families.md. `check_family()` runs the equivalence core on a tiny random model of one family
+(stock bit-exactness, per-row batches, rank weights, batched vs two-pass SCMoE): the census test
+runs it for every supported family, so an upgrade that changes a router fails loudly.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import transformers
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES, model_type_to_module_name
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from scmoe_eval.models.catalog import FAMILIES as CATALOG
+from scmoe_eval.models.catalog import Family
+
+ROUTER_CLASS = re.compile(r"^class (\w+(?:TopKRouter|TopkRouter|Router|Gate))\(", re.M)
+CAUSAL_LM_CLASS = re.compile(r"^class (\w+ForCausalLM)\(", re.M)
+MODELS_DIR = Path(transformers.__file__).resolve().parent / "models"
+
+
+def router_classes(module: str) -> list[str]:
+    """Router-like class names (`*TopKRouter`, `*Router`, `*Gate`) in the module's modeling file."""
+    path = MODELS_DIR / module / f"modeling_{module}.py"
+    return ROUTER_CLASS.findall(path.read_text()) if path.is_file() else []
+
+
+def installed_families() -> list[str]:
+    """transformers modules with a `*ForCausalLM` and a router module in `modeling_<module>.py`."""
+    found = []
+    for path in sorted(MODELS_DIR.glob("*/modeling_*.py")):
+        module = path.parent.name
+        if path.name != f"modeling_{module}.py":
+            continue
+        text = path.read_text()
+        if CAUSAL_LM_CLASS.search(text) and ROUTER_CLASS.search(text):
+            found.append(module)
+    return found
+
+
+def model_types(module: str) -> list[str]:
+    return [t for t in CONFIG_MAPPING_NAMES if model_type_to_module_name(t) == module]
+
+
+def causal_lm_mapped(module: str) -> bool:
+    """Some model type of the family loads through AutoModelForCausalLM (the harness's load path)."""
+    return any(model_type_to_module_name(t) == module for t in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def catalog() -> dict[str, Family]:
+    return {f.module: f for f in CATALOG}
+
+
+@dataclass(frozen=True)
+class Row:
+    module: str
+    model_types: tuple[str, ...]
+    routers: tuple[str, ...]
+    kind: str
+    status: str  # supported | unsupported | unknown
+    reason: str
+    cache: str
+    note: str
+
+
+def census() -> list[Row]:
+    """One row per installed MoE family (and per catalog family no longer installed: status `missing`)."""
+    known = catalog()
+    installed = installed_families()
+    rows = []
+    for module in sorted(set(installed) | set(known)):
+        family = known.get(module)
+        if family is None:
+            status, kind, reason = "unknown", "?", "not in scmoe_eval/models/catalog.py: declare its router kind"
+        elif module not in installed:
+            status, kind, reason = "missing", "?", "in the catalog but not in this transformers"
+        elif family.supported and not causal_lm_mapped(module):
+            status, kind, reason = "unsupported", family.kind.label if family.kind else "?", (
+                "the router kind is declared and its checks pass on the *ForCausalLM class, but transformers "
+                f"{transformers.__version__} maps no model type of this family to AutoModelForCausalLM, so "
+                "load_model cannot load a checkpoint of it")
+        elif family.supported:
+            kinds = [family.kind] if family.kind else list(family.variants[1].values())
+            status, kind, reason = "supported", " / ".join(dict.fromkeys(k.label for k in kinds)), ""
+        else:
+            status, kind, reason = "unsupported", "-", family.reason
+        rows.append(Row(
+            module=module,
+            model_types=tuple(model_types(module)),
+            routers=tuple(router_classes(module)),
+            kind=kind,
+            status=status,
+            reason=reason,
+            cache=family.cache if family else "?",
+            note=family.note if family else "",
+        ))
+    return rows
+
+
+def render(rows: list[Row]) -> str:
+    """docs/families.md (generated: `python scripts/census_families.py`)."""
+    supported = [r for r in rows if r.status == "supported"]
+    installed = [r for r in rows if r.status != "missing"]
+    kinds: dict[str, list[str]] = {}
+    for r in supported:
+        kinds.setdefault(r.kind, []).append(r.module)
+    lines = [
+        "# MoE families: census",
+        "",
+        "<!-- generated by `python scripts/census_families.py`; tests/test_census.py fails when this file is stale -->",
+        "",
+        f"transformers {transformers.__version__} ships **{len(installed)}** model families (`transformers/models/<module>`) "
+        "whose modeling file defines a `*ForCausalLM` and a router module (`*TopKRouter`, `*Router` or `*Gate`). "
+        f"scmoe-eval supports **{len(supported)}** of them: per-row routing policies (`default`, `topk`, `rank`, "
+        "`topp`, `random`) and SCMoE, checked on a tiny random model of each family built from its config "
+        "class (`scmoe_eval/models/tiny.py`).",
+        "",
+        "A family is *supported* when its router kind is declared in `scmoe_eval/models/catalog.py` and the "
+        "equivalence core passes on its tiny model (`tests/test_census.py`): `default` and `topk(own k)` are "
+        "bit-exact with stock transformers (recomputed from the router logits, not just passed through), rows "
+        "with different policies in one batch equal separate runs, `rank(k)` picks the k-th expert at weight 1, "
+        "and batched SCMoE equals two-pass SCMoE over 32 greedy steps on 2 left-padded prompts (which also "
+        "exercises the family's decode cache, hybrid SSM / linear-attention states included, through the "
+        "engine's row dropping). `tests/test_families_matrix.py` runs the full policy matrix on one family per "
+        "router kind.",
+        "",
+        "## Router kinds",
+        "",
+        "| router kind | families |",
+        "|---|---|",
+    ]
+    for kind, modules in sorted(kinds.items()):
+        lines.append(f"| {kind} | {', '.join(modules)} |")
+    lines += [
+        "",
+        "## Families",
+        "",
+        "| module | model types | router class | router kind | cache besides attention KV | status |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        status = r.status if not r.reason else f"{r.status}: {r.reason}"
+        if r.note and r.status == "supported":
+            status += f" ({r.note})"
+        cache = "-" if r.cache == "attention" else r.cache
+        lines.append(
+            f"| {r.module} | {', '.join(r.model_types)} | {', '.join(r.routers)} | {r.kind} | {cache} | {status} |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ the equivalence core
+@lru_cache(maxsize=1)
+def _tokenizer_dir() -> Path:
+    from scmoe_eval.models.fixtures import build_tokenizer
+
+    path = Path(tempfile.mkdtemp(prefix="scmoe-census-tok-"))
+    build_tokenizer(path)
+    return path
+
+
+def load_tiny(module: str, seed: int = 0):
+    """(LoadedModel with routing hooks, stock model of the same weights without hooks) for one family."""
+    import copy
+
+    from transformers import AutoTokenizer
+
+    from scmoe_eval.models.families import FAMILIES
+    from scmoe_eval.models.loading import LoadedModel
+    from scmoe_eval.models.routing import RoutingController
+    from scmoe_eval.models.tiny import build_tiny_model
+
+    stock = build_tiny_model(module, seed=seed)
+    model = copy.deepcopy(stock)
+    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_dir())
+    adapter = FAMILIES.get(module)()
+    controller = RoutingController(model, adapter)
+    loaded = LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, controller=controller,
+                         device=torch.device("cpu"))
+    return loaded, stock
+
+
+PROMPTS = ("Question: 12 + 30 = ?\nAnswer:", "def add(a, b):")
+
+
+@torch.inference_mode()
+def check_family(module: str, steps: int = 32) -> list[str]:
+    """Run the equivalence core on a tiny `module` model; returns the failures (empty = pass)."""
+    from scmoe_eval.decoding.engine import Contrast, DecodeEngine
+    from scmoe_eval.models.routing import RoutingController
+    from scmoe_eval.models.routing import RoutingPolicy as P
+
+    family = catalog()[module]
+    loaded, stock = load_tiny(module)
+    model, ctl = loaded.model, loaded.controller
+    failures: list[str] = []
+    ids = torch.randint(3, 512, (4, 7), generator=torch.Generator().manual_seed(1))
+    ref = stock(input_ids=ids).logits
+    k = ctl.default_k
+    exact = (None, [P.default()] * 4, [P.topk(k)] * 4) if family.topk_exact else (None, [P.default()] * 4)
+    for policies in exact:
+        with ctl.use(policies):
+            if not torch.equal(model(input_ids=ids).logits, ref):
+                failures.append(f"{policies} is not bit-exact with stock")
+    if family.topk_exact:
+        slow = RoutingController(model, loaded.adapter, reuse_stock=False)
+        ctl.remove()
+        with slow.use([P.topk(k)] * 4):
+            if not torch.equal(model(input_ids=ids).logits, ref):
+                failures.append(f"recomputed topk({k}) is not bit-exact with stock")
+        with slow.use([P.rank(1)] * 4):
+            rank1 = model(input_ids=ids).logits
+        slow.remove()
+        ctl = loaded.controller = RoutingController(model, loaded.adapter)
+    seen: list = []
+    handle = ctl.routers[-1].register_forward_hook(lambda m, a, out: seen.append(out))
+    with ctl.use([P.rank(2)] * 4):
+        model(input_ids=ids)
+    handle.remove()
+    index, weights = loaded.adapter.stock_selection(seen[0])
+    if family.kind is None or family.kind.contract != "dense":
+        if not (bool((index == index[:, :1]).all()) and bool((weights[:, 0] == 1).all())
+                and bool((weights[:, 1:] == 0).all())):
+            failures.append("rank(2) is not one expert at weight 1")
+    policies = [P.topk(k), P.rank(2), P.topp(0.5), P.default()]
+    with ctl.use(policies):
+        mixed = model(input_ids=ids).logits
+    for row, policy in enumerate(policies):
+        with ctl.use([policy]):
+            alone = model(input_ids=ids[row : row + 1]).logits
+        if not torch.allclose(mixed[row], alone[0], rtol=0, atol=1e-4):
+            failures.append(f"mixed batch row {row} ({policy}) differs from its separate run")
+    if family.topk_exact:
+        with ctl.use([P.rank(1)] * 4):
+            if not torch.allclose(model(input_ids=ids).logits, rank1, rtol=0, atol=1e-5):
+                failures.append("rank(1) from the router's output differs from the recomputed rank(1)")
+    engine = DecodeEngine(loaded)
+    contrast = Contrast(strong=P.default(), weak=P.rank(2))
+    kwargs = dict(max_new_tokens=steps, contrast=contrast, ban_eos=True)
+    batched = engine.generate(list(PROMPTS), two_pass=False, **kwargs)
+    two_pass = engine.generate(list(PROMPTS), two_pass=True, **kwargs)
+    if [g.token_ids for g in batched] != [g.token_ids for g in two_pass]:
+        failures.append("batched SCMoE differs from two-pass SCMoE")
+    if any(len(g.token_ids) != steps for g in batched):
+        failures.append("SCMoE did not decode the requested steps")
+    ctl.remove()
+    return failures
