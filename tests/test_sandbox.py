@@ -297,3 +297,25 @@ def test_unprivileged_mode_and_launcher_restart(monkeypatch: pytest.MonkeyPatch)
     assert [r.status for r in results[:3]] == ["passed", "failed", "failed"]
     assert results[3].status == "error" and "launcher died" in results[3].detail
     assert [r.status for r in results[4:]] == ["passed", "failed", "timeout"]
+
+
+def test_launcher_killed_but_not_yet_reapable_is_replaced() -> None:
+    """A launcher killed by the previous program closes its socket before its exit completes; a spawn
+    in that window (long on a loaded machine) restarts it and sends the request again."""
+    import resource
+
+    from scmoe_eval.scoring import execution
+
+    nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    limits = {"cpu_seconds": 4, "memory_bytes": 2**30, "fsize_bytes": 2**24, "uid": None, "gid": None, "nproc": nproc}
+    zygote = execution._Zygote(limits)
+    try:
+        zygote.proc.kill()
+        zygote.proc.wait()
+        polls = iter([None])  # the first poll still sees the dying launcher as running
+        real_poll = zygote.proc.poll
+        zygote.proc.poll = lambda: next(polls, None) if polls is not None else real_poll()  # type: ignore[method-assign]
+        result = execution._run_one("assert 1 + 1 == 2\n", execution._Slot(uid=None, zygote=zygote), 5.0, 4000)
+        assert result.status == "passed", result
+    finally:
+        zygote.close()

@@ -121,7 +121,16 @@ class _Zygote:
         if self.proc.poll() is not None:
             self.close()
             self._start()
-        reply = self._call({"op": "run", "program": program, "cwd": cwd}, fds)
+        request = {"op": "run", "program": program, "cwd": cwd}
+        try:
+            reply = self._call(request, fds)
+        except (BrokenPipeError, ConnectionResetError):
+            # Killed by the previous program but not yet reapable (its socket closes before its exit
+            # completes, a window that is long on a loaded machine). The request never arrived, so
+            # nothing was forked: wait for the old launcher, start a new one and send it again.
+            self.close()
+            self._start()
+            reply = self._call(request, fds)
         if "error" in reply:
             raise OSError(reply["error"])
         return int(reply["pid"])
