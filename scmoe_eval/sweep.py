@@ -50,9 +50,16 @@ class _JobBuilder:
         self.groups = {p.name for p in Path(config_dir).iterdir() if p.is_dir()}
         self.parser = parser
         self.composed: dict[tuple[str, ...], Any] = {}
+        self.parsed: dict[str, Override] = {}  # a sweep repeats few distinct overrides; parsing is slow
+
+    def _parse(self, job: list[str]) -> list[Override]:
+        for line in job:
+            if line not in self.parsed:
+                self.parsed[line] = self.parser.parse_overrides([line])[0]
+        return [self.parsed[line] for line in job]
 
     def build(self, job: list[str]) -> DictConfig:
-        parsed = self.parser.parse_overrides(job)
+        parsed = self._parse(job)
         structural = tuple(o.input_line for o in parsed if _is_structural(o, self.groups))
         if structural not in self.composed:
             try:
