@@ -34,6 +34,7 @@ def head_suits(model: nn.Module, rows: int) -> bool:
     return (
         isinstance(head, nn.Linear)
         and type(head).forward is nn.Linear.forward
+        and "forward" not in vars(head)  # an instance-level forward (accelerate's offload hooks) stays untouched
         and head.weight.device.type == "cpu"
         and 2 <= rows <= FEW_ROWS
         and head.weight.shape[0] >= TALL * head.weight.shape[1]
