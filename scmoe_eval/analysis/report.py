@@ -138,21 +138,27 @@ def plot_heatmap(record: dict[str, Any], out_png: Path, labels: list[str] | None
     return _save(fig, out_png)
 
 
-def plot_unchosen_per_layer(summary: dict[str, Any], out_png: Path) -> Path:
-    """% of a weak routing's experts that top-2 did not choose, per layer (own stream), one line per routing."""
+def _per_layer_lines(lines: dict[str, list[float]], ylabel: str, top: float, title: str, out_png: Path) -> Path:
+    """One line per routing over the MoE layers, y from 0 to `top` (a small margin each side)."""
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
-    for label, entry in summary["own_stream"].items():
-        layers = range(len(entry["per_layer_pct"]))
-        ax.plot(layers, entry["per_layer_pct"], marker="o", ms=3, label=f"{label} ({entry['overall_pct']:.1f}%)")
+    for label, values in lines.items():
+        ax.plot(range(len(values)), values, marker="o", ms=3, label=label)
     ax.set_xlabel("MoE layer (0 = first)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("% unchosen by top-2")
-    ax.set_ylim(-2, 102)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.02 * top, 1.02 * top)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", ncol=2)
-    ax.set_title("Weak routing's experts outside the strong top-2 (weak row's own stream)", fontsize=9)
+    ax.set_title(title, fontsize=9)
     return _save(fig, out_png)
+
+
+def plot_unchosen_per_layer(summary: dict[str, Any], out_png: Path) -> Path:
+    """% of a weak routing's experts that top-2 did not choose, per layer (own stream), one line per routing."""
+    lines = {f"{label} ({e['overall_pct']:.1f}%)": e["per_layer_pct"] for label, e in summary["own_stream"].items()}
+    return _per_layer_lines(lines, "% unchosen by top-2", 100,
+                            "Weak routing's experts outside the strong top-2 (weak row's own stream)", out_png)
 
 
 def plot_expert_load(summary: dict[str, Any], out_png: Path) -> Path:
@@ -182,18 +188,8 @@ def plot_expert_load(summary: dict[str, Any], out_png: Path) -> Path:
 
 
 def plot_overlap(summary: dict[str, Any], out_png: Path) -> Path:
-    fig = Figure(figsize=(7, 4), layout="constrained")
-    ax = fig.subplots()
-    for label, values in summary["jaccard_per_layer"].items():
-        ax.plot(range(len(values)), values, marker="o", ms=3, label=label)
-    ax.set_xlabel("MoE layer (0 = first)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("Jaccard(strong, weak) experts")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", ncol=2)
-    ax.set_title("Per-layer overlap of strong and weak expert choices", fontsize=9)
-    return _save(fig, out_png)
+    return _per_layer_lines(summary["jaccard_per_layer"], "Jaccard(strong, weak) experts", 1,
+                            "Per-layer overlap of strong and weak expert choices", out_png)
 
 
 def write_report(name: str, summary: dict[str, Any], records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
