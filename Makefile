@@ -38,8 +38,10 @@ TASK ?= gsm8k
 ALL_TASKS := gsm8k,strategy_qa,mbpp,human_eval
 EXTRA ?=
 # The paper's data files, read from ../shared/data/<task> when that folder exists; else the pinned Hub datasets.
+# DATA=demo: the demo subset shipped in the package (offline, a few items per task; for the tiny model).
 DATA_ROOT ?= $(wildcard $(abspath ../shared/data))
-DATA_ARG = $(if $(DATA_ROOT),task.data_dir='$(DATA_ROOT)/$${task.name}')
+DATA ?=
+DATA_ARG = $(if $(filter demo,$(DATA)),task.demo=true,$(if $(DATA_ROOT),task.data_dir='$(DATA_ROOT)/$${task.name}'))
 MODEL_ARGS = model=$(MODEL_CONFIG) model.path=$(MODEL)
 CODE_ARG = task.allow_code_execution=true
 # Prompts per batch for the reproduce targets: 1 as the paper's README ran; BATCH=8 is several times faster

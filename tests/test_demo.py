@@ -32,3 +32,17 @@ def test_make_demo(tmp_path: Path) -> None:
     assert len(rows) == 2 and any("| greedy " in r for r in rows) and any("| scmoe-b0.5" in r for r in rows)
     # model, method, then per task: value, n, 95% CI
     assert all(line.count("|") == 2 + 3 * len(TASKS) + 1 and "nan" not in line for line in rows)
+
+
+@pytest.mark.parametrize("data_root", ["", "/somewhere/shared/data"])
+def test_make_data_demo_takes_the_shipped_subset(data_root: str) -> None:
+    """`DATA=demo` (the README's tiny sweep) reads the shipped subset whether or not ../shared exists."""
+    proc = subprocess.run(
+        ["make", "-n", "sweep-beta", "DATA=demo", f"DATA_ROOT={data_root}", "MODEL_CONFIG=tiny-mixtral"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    sweep = next(line for line in proc.stdout.splitlines() if "scmoe-eval -m" in line)
+    assert "task.demo=true" in sweep and "task.data_dir" not in sweep
+    default = subprocess.run(["make", "-n", "sweep-beta", f"DATA_ROOT={data_root}"], cwd=REPO, capture_output=True,
+                             text=True, timeout=60).stdout
+    assert ("task.data_dir='/somewhere/shared/data/" in default) == bool(data_root) and "task.demo" not in default
