@@ -227,6 +227,13 @@ def pick_runs(df: pd.DataFrame, keys: Sequence[str] = RUN_KEYS) -> tuple[pd.Data
     return chosen.loc[df.index.intersection(chosen.index)], aside
 
 
+def _ci_label(run: Mapping[str, Any], mode: str) -> str:
+    """A run's 95% bootstrap CI in percent ("61.2–66.4"), "" when metrics.json has none."""
+    lo, hi = ("ci95_lo", "ci95_hi") if mode == "official" else (f"{mode}_ci95_lo", f"{mode}_ci95_hi")
+    has_ci = lo in run and pd.notna(run[lo]) and pd.notna(run[hi])
+    return f"{run[lo]:.1f}–{run[hi]:.1f}" if has_ci else ""
+
+
 def comparison_detail(
     df: pd.DataFrame, *, mode: str = "official", index: str | Sequence[str] = ("model", "method")
 ) -> pd.DataFrame:
@@ -234,7 +241,6 @@ def comparison_detail(
     "(partial)" when the run covers part of the task) and the 95% bootstrap CI ("<task> 95% CI")."""
     idx = [index] if isinstance(index, str) else list(index)
     values = comparison_table(df, mode=mode, index=idx, columns="task")
-    lo, hi = ("ci95_lo", "ci95_hi") if mode == "official" else (f"{mode}_ci95_lo", f"{mode}_ci95_hi")
     cells = df.set_index([*idx, "task"])
     table = pd.DataFrame(index=values.index)
     for task in values.columns:
@@ -246,8 +252,7 @@ def comparison_detail(
                 continue
             run = cells.loc[(*key, task)]
             n_col.append(f"{int(run['n_items'])}" + ("" if run["complete"] else " (partial)"))
-            has_ci = lo in run and pd.notna(run[lo]) and pd.notna(run[hi])
-            ci_col.append(f"{run[lo]:.1f}–{run[hi]:.1f}" if has_ci else "")
+            ci_col.append(_ci_label(run, mode))
         table[task], table[f"{task} n"], table[f"{task} 95% CI"] = values[task], n_col, ci_col
     return table
 
@@ -426,7 +431,8 @@ def paper_table1(
     selection="best": our best hyperparameter per task on the test set, as the paper did, against
     the paper's best (Tab.1/Tab.4). selection="fixed": one setting per method (FIXED_SETTINGS, or
     `fixed`) against the paper's grid value at that same setting (Tab.7/Tab.10). Each task has a
-    "<task> setting" column naming the hyperparameter (plus n=... when a run covers a subset).
+    "<task> setting" column naming the hyperparameter (plus n=... when a run covers a subset) and a
+    "<task> 95% CI" column with our run's bootstrap interval.
     Baselines: contrastive search counts runs with top_k 5 (the paper code's cs_k), CD runs with
     α=0.1, DoLa runs by band ("low" = [0,L/2), "high" = [L/2,L)); runs with an explicit layer list are left out.
     """
@@ -454,9 +460,10 @@ def paper_table1(
             ours_setting = "" if best is None else _setting(method, best["hp"], model)
             if best is not None and best["n_items"] != paper.TASK_SIZES[task]:
                 ours_setting = ", ".join(filter(None, [ours_setting, f"n={int(best['n_items'])}"]))
-            ours_row |= {t: ours_value, f"{t} setting": ours_setting}
-            paper_row |= {t: p_value, f"{t} setting": p_setting}
-            delta_row |= {t: round(ours_value - p_value, 2), f"{t} setting": ""}
+            ours_ci = "" if best is None else _ci_label(best, mode)
+            ours_row |= {t: ours_value, f"{t} setting": ours_setting, f"{t} 95% CI": ours_ci}
+            paper_row |= {t: p_value, f"{t} setting": p_setting, f"{t} 95% CI": ""}
+            delta_row |= {t: round(ours_value - p_value, 2), f"{t} setting": "", f"{t} 95% CI": ""}
         rows[(title, ours_label)] = ours_row
         rows[(title, PAPER)] = paper_row
         rows[(title, DELTA)] = delta_row
