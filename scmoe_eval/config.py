@@ -90,6 +90,7 @@ class TaskConfig:
 class RunConfig:
     limit: Optional[int] = None
     batch_size: int = 8
+    schedule: str = "static"  # static | continuous (finished rows' slots refilled from the queue; docs/usage.md)
     max_new_tokens: int = 512
     seed: int = 1234
     output_dir: str = "results/runs"
@@ -114,6 +115,7 @@ SCMOE_STRATEGIES = ("scmoe", "scmoe-sample")
 BASELINE_STRATEGIES = ("cd", "dola", "contrastive-search")  # stock routing, no routing policy to check
 SAMPLING_STRATEGIES = ("sample", "scmoe-sample", "self-consistency")  # the only ones where num_samples > 1 differ
 DOLA_BANDS = ("low", "high")
+SCHEDULES = ("static", "continuous")
 
 
 class ConfigError(ValueError):
@@ -187,6 +189,7 @@ def validate(cfg: ExperimentConfig, num_experts: Optional[int] = None) -> None:
     _check(cfg.logger in LOGGERS, "logger", f"must be null or 'wandb', got {cfg.logger!r}")
     _check(r.limit is None or r.limit >= 1, "run.limit", f"must be >= 1 or null, got {r.limit}")
     _check(r.batch_size >= 1, "run.batch_size", f"must be >= 1, got {r.batch_size}")
+    _validate_schedule(r, s)
     _check(r.max_new_tokens >= 1, "run.max_new_tokens", f"must be >= 1, got {r.max_new_tokens}")
     _check(r.num_shards >= 1, "run.num_shards", f"must be >= 1, got {r.num_shards}")
     _check(0 <= r.shard < r.num_shards, "run.shard", f"must be in [0, {r.num_shards}), got {r.shard}")
@@ -217,6 +220,18 @@ def _validate_baseline(s: StrategyConfig) -> None:
     elif s.name == "contrastive-search":
         _check(0 <= s.penalty_alpha <= 1, "strategy.penalty_alpha", f"must be in [0, 1], got {s.penalty_alpha}")
         _check(s.top_k >= 1, "strategy.top_k", f"contrastive search needs >= 1 candidates, got {s.top_k}")
+
+
+def _validate_schedule(r: RunConfig, s: StrategyConfig) -> None:
+    """Continuous batching runs one engine call per prompt and sample: not the baselines (their own
+    per-row state) nor several samples (those share one prefill per prompt instead)."""
+    _check(r.schedule in SCHEDULES, "run.schedule", f"must be one of {SCHEDULES}, got {r.schedule!r}")
+    if r.schedule == "continuous":
+        _check(s.name not in BASELINE_STRATEGIES, "run.schedule",
+               f"continuous does not support the {s.name} baseline; use run.schedule=static")
+        _check(s.name != "self-consistency" and s.num_samples == 1, "run.schedule",
+               f"continuous runs one sample per item, this strategy draws {s.num_samples} "
+               f"({s.name}); use run.schedule=static")
 
 
 def _validate_policy(key: str, policy: RoutingConfig, num_experts: Optional[int]) -> None:

@@ -1,7 +1,8 @@
 """generate -> score -> metrics for one config, resumable at the (item, sample) level.
 
 Run directory = RunStore(run.output_dir, config). Generation appends one fsync'd batch at a
-time, so a killed run loses at most the batch in flight; the next run skips what is done.
+time (run.schedule=continuous: one row as it ends), so a killed run loses at most what is in
+flight; the next run skips what is done.
 Scoring runs once every shard's records are present (any shard may be the last one).
 """
 
@@ -18,7 +19,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from scmoe_eval.config import ConfigError, ExperimentConfig, used_policies
+from scmoe_eval.config import ConfigError, ExperimentConfig, RunConfig, used_policies
 from scmoe_eval.preflight import Checked, check, check_task
 from scmoe_eval.identity import local_paths, run_identity
 from scmoe_eval.report import Progress, quiet_library_bars, summary_table
@@ -121,7 +122,8 @@ def generate(checked: Checked, store: RunStore) -> dict[str, Any]:
     done = store.done_keys(run.shard, run.num_shards)
     mine = shard_items(checked.items, run.shard, run.num_shards)
     todo = [it for it in mine if any((it.index, j) not in done for j in range(strategy.num_samples))]
-    stats: dict[str, Any] = {"items_total": len(mine), "items_generated": len(todo), "batch_size": run.batch_size}
+    stats: dict[str, Any] = {"items_total": len(mine), "items_generated": len(todo), "batch_size": run.batch_size,
+                             "schedule": run.schedule}
     if done and todo:
         log.info("resuming: %d/%d items done", len(mine) - len(todo), len(mine))
     if not todo:
@@ -137,25 +139,56 @@ def generate(checked: Checked, store: RunStore) -> dict[str, Any]:
     stops = checked.task.stop_sequences(cfg.task)
     tokens, start = 0, time.perf_counter()
     with Progress(len(todo), store.path.name) as bar:
-        for lo in range(0, len(todo), run.batch_size):
-            batch = todo[lo : lo + run.batch_size]
-            seeds = [item_seed(run.seed, it.index) for it in batch]
-            gens = strategy.generate(
-                engine, [it.prompt for it in batch], stops=stops, max_new_tokens=run.max_new_tokens, seeds=seeds
-            )
-            records = [
-                {"id": it.id, "index": it.index, "sample": j, "seed": sample_seed, **gen.to_record()}
-                for it, seed, row in zip(batch, seeds, gens)
-                for j, (sample_seed, gen) in enumerate(zip(strategy.sample_seeds(seed), row))
-                if (it.index, j) not in done
-            ]
-            store.append(records, run.shard, run.num_shards)
-            new_tokens = sum(r["num_tokens"] for r in records)
-            tokens += new_tokens
-            bar.update(len(batch), new_tokens)
+        if run.schedule == "continuous":
+            tokens = _generate_continuous(strategy, engine, todo, stops, store, run, bar)
+        else:
+            tokens = _generate_static(strategy, engine, todo, stops, store, run, bar, done)
     seconds = time.perf_counter() - start
     log.info("generated %d items, %d tokens in %.1f s (%.1f tok/s)", len(todo), tokens, seconds, tokens / seconds)
     return {**stats, "generated_tokens": tokens, "generation_seconds": round(seconds, 3)}
+
+
+def _generate_static(strategy: Any, engine: Any, todo: list, stops: Sequence[str], store: RunStore,
+                     run: RunConfig, bar: Progress, done: set) -> int:
+    """Static batches of run.batch_size items, each appended (fsync'd) once its longest row ends. Returns tokens."""
+    tokens = 0
+    for lo in range(0, len(todo), run.batch_size):
+        batch = todo[lo : lo + run.batch_size]
+        seeds = [item_seed(run.seed, it.index) for it in batch]
+        gens = strategy.generate(
+            engine, [it.prompt for it in batch], stops=stops, max_new_tokens=run.max_new_tokens, seeds=seeds
+        )
+        records = [
+            {"id": it.id, "index": it.index, "sample": j, "seed": sample_seed, **gen.to_record()}
+            for it, seed, row in zip(batch, seeds, gens)
+            for j, (sample_seed, gen) in enumerate(zip(strategy.sample_seeds(seed), row))
+            if (it.index, j) not in done
+        ]
+        store.append(records, run.shard, run.num_shards)
+        new_tokens = sum(r["num_tokens"] for r in records)
+        tokens += new_tokens
+        bar.update(len(batch), new_tokens)
+    return tokens
+
+
+def _generate_continuous(strategy: Any, engine: Any, todo: list, stops: Sequence[str], store: RunStore,
+                         run: RunConfig, bar: Progress) -> int:
+    """Continuous batching (run.schedule=continuous, one sample per item): each record is appended
+    (fsync'd) as its row finishes, so a killed run loses only the rows in flight. Returns tokens."""
+    seeds = [item_seed(run.seed, it.index) for it in todo]
+    tokens = 0
+
+    def save(i: int, gen: Any) -> None:
+        nonlocal tokens
+        it = todo[i]
+        store.append([{"id": it.id, "index": it.index, "sample": 0, "seed": seeds[i], **gen.to_record()}],
+                     run.shard, run.num_shards)
+        tokens += gen.num_tokens
+        bar.update(1, gen.num_tokens)
+
+    strategy.generate_continuous(engine, [it.prompt for it in todo], batch_size=run.batch_size, stops=stops,
+                                 max_new_tokens=run.max_new_tokens, seeds=seeds, on_finish=save)
+    return tokens
 
 
 @functools.cache

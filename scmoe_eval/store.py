@@ -41,6 +41,7 @@ HASH_EXCLUDED_KEYS: tuple[str, ...] = (
     "run.shard",  # shards of one run write separate files in the same directory
     "run.num_shards",
     "run.batch_size",  # recorded per attempt in environment.json instead
+    "run.schedule",  # static or continuous batching: the same tokens (tests/test_pipeline.py)
     "logger",  # experiment tracking only
     "task.num_workers",  # parallelism of the code sandbox
     "task.allow_code_execution",  # a permission gate; the env var HF_ALLOW_CODE_EVAL is equivalent

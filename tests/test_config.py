@@ -123,12 +123,22 @@ def test_unknown_group_option_lists_valid_ones() -> None:
         (["strategy=greedy", "strategy.num_samples=3"], "strategy.num_samples"),
         (["strategy=dola", "strategy.num_samples=2"], "strategy.num_samples"),
         (["strategy=scmoe", "strategy.num_samples=2"], "strategy.num_samples"),
+        (["run.schedule=dynamic"], "run.schedule"),
+        (["strategy=dola", "run.schedule=continuous"], "run.schedule"),
+        (["strategy=contrastive-search", "run.schedule=continuous"], "run.schedule"),
+        (["strategy=self-consistency", "run.schedule=continuous"], "run.schedule"),
+        (["strategy=sample", "strategy.num_samples=2", "run.schedule=continuous"], "run.schedule"),
     ],
 )
 def test_bad_values_name_their_key(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         validate(load(*overrides))
     assert info.value.key == key and str(info.value).startswith(key)
+
+
+def test_continuous_schedule_takes_one_sample_strategies() -> None:
+    for name in ("greedy", "sample", "scmoe", "scmoe-sample", "dynamic"):
+        validate(load(f"strategy={name}", "run.schedule=continuous"))
 
 
 def test_sampling_strategies_take_many_samples() -> None:

@@ -290,9 +290,12 @@ def test_continuous_batching_equals_batch_one(engine: DecodeEngine, kwargs) -> N
     alone = [engine.generate([p], stops=stops, max_new_tokens=t, seeds=None if seeds is None else [seeds[i]], **kwargs)[0]
              for i, (p, t) in enumerate(zip(prompts, limits))]
     for batch_size in (2, 3):
+        seen: list[tuple[int, Generation]] = []
         got = engine.generate_continuous(prompts, batch_size=batch_size, stops=stops, max_new_tokens=limits,
-                                         seeds=seeds, **kwargs)
+                                         seeds=seeds, on_finish=lambda i, g: seen.append((i, g)), **kwargs)
         assert [g.to_record() for g in got] == [g.to_record() for g in alone], batch_size
+        assert sorted(i for i, _ in seen) == list(range(len(prompts))), "each row reported exactly once"
+        assert all(g is got[i] for i, g in seen)
     assert {g.stop_reason for g in alone} >= {"length"}
 
 

@@ -120,3 +120,49 @@ def test_score_cli_rejects_a_non_run_dir(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:
         score_main([str(tmp_path)])
     assert info.value.code == 2
+
+
+# Continuous batching (run.schedule=continuous): the stop string "e" ends the tiny model's rows at different
+# steps, so waiting items are admitted while other rows are still decoding.
+CONTINUOUS = ["model=tiny-mixtral", "task=gsm8k", "task.stop=[e]", "run.max_new_tokens=12"]
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "scmoe"])
+def test_continuous_schedule_equals_batch_one(tmp_path: Path, strategy: str) -> None:
+    static = run(tmp_path / "static", *CONTINUOUS, f"strategy={strategy}", "run.batch_size=1")
+    continuous = run(tmp_path / "continuous", *CONTINUOUS, f"strategy={strategy}", "run.batch_size=3",
+                     "run.schedule=continuous")
+    assert continuous.name == static.name, "run.schedule entered the run-dir hash"
+    ours, alone = records(continuous), records(static)
+    assert sorted(ours) == [(i, 0) for i in range(10)] and ours.keys() == alone.keys()
+    for key in alone:
+        assert {k: ours[key][k] for k in ("token_ids", "completion", "seed", "stop_reason")} == \
+               {k: alone[key][k] for k in ("token_ids", "completion", "seed", "stop_reason")}, key
+    assert len({r["num_tokens"] for r in alone.values()}) > 1, "rows all ended together: no admission mid-flight"
+    assert json.loads((continuous / "environment.json").read_text())["schedule"] == "continuous"
+    assert json.loads((continuous / "metrics.json").read_text()) == json.loads((static / "metrics.json").read_text())
+
+
+def test_killed_continuous_run_keeps_finished_rows_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each row is saved as it ends: a run killed at its 4th save keeps 3 records; the rerun adds the rest."""
+    from scmoe_eval.store import RunStore
+
+    args = (*CONTINUOUS, "strategy=greedy", "run.batch_size=3", "run.schedule=continuous")
+    append, calls = RunStore.append, []
+
+    def dying(self, recs, *rest):
+        calls.append(len(recs))
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        append(self, recs, *rest)
+
+    monkeypatch.setattr(RunStore, "append", dying)
+    with pytest.raises(KeyboardInterrupt, match="3/10 items saved"):
+        run(tmp_path, *args)
+    assert calls == [1, 1, 1, 1]
+    monkeypatch.setattr(RunStore, "append", append)
+    run_dir = run(tmp_path, *args)
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert len(records(run_dir)) == 10 and env["items_generated"] == 7 and env["scored"] is True
+    alone = records(run(tmp_path / "static", *CONTINUOUS, "strategy=greedy", "run.batch_size=1"))
+    assert {k: r["token_ids"] for k, r in records(run_dir).items()} == {k: r["token_ids"] for k, r in alone.items()}

@@ -16,10 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 LIMIT = 10
 
 
-def command(out: Path) -> list[str]:
+def command(out: Path, schedule: tuple[str, ...] = ("run.batch_size=1",)) -> list[str]:
     return [
         sys.executable, "-m", "scmoe_eval", "model=tiny-mixtral", "task=gsm8k", "task.demo=true",
-        "strategy=scmoe", f"run.limit={LIMIT}", "run.max_new_tokens=24", "run.batch_size=1", f"run.output_dir={out}",
+        "strategy=scmoe", f"run.limit={LIMIT}", "run.max_new_tokens=24", f"run.output_dir={out}", *schedule,
     ]
 
 
@@ -31,9 +31,11 @@ def lines(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("schedule", [("run.batch_size=1",), ("run.batch_size=3", "run.schedule=continuous")],
+                         ids=["static", "continuous"])
+def test_sigkill_then_resume(tmp_path: Path, schedule: tuple[str, ...]) -> None:
     out = tmp_path / "runs"
-    proc = subprocess.Popen(command(out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(out, schedule), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
         run_dir = None
@@ -50,7 +52,7 @@ def test_sigkill_then_resume(tmp_path: Path) -> None:
     before = lines(run_dir)
     assert 3 <= len(before) < LIMIT
 
-    resumed = subprocess.run(command(out), cwd=REPO, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(command(out, schedule), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     after = lines(run_dir)
     keys = [(r["index"], r["sample"]) for r in after]

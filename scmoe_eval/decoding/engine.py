@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -238,6 +238,7 @@ class DecodeEngine:
         contrast: Contrast | None = None,
         ban_eos: bool = False,
         two_pass: bool | None = None,
+        on_finish: Callable[[int, Generation], None] | None = None,
     ) -> list[Generation]:
         """`generate` over many prompts with at most `batch_size` in flight: as rows finish, waiting
         prompts are prefilled and join the running batch and cache (left-padded to its length), so the
@@ -246,6 +247,8 @@ class DecodeEngine:
         Same results as `generate` per prompt (fp32: the same token ids as batch 1, tested); in bf16
         a row's padding differs with its batch companions, the same caveat as static batching.
         Baselines (CD, DoLa, contrastive search) keep per-row state of their own and are not supported.
+        `on_finish(i, generation)` is called once per prompt as soon as its row ends (so a caller can
+        save it before the rest of the batch is done).
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -260,6 +263,7 @@ class DecodeEngine:
         eos = set() if ban_eos else set(self.eos_ids)
         tokens: list[list[int]] = [[] for _ in range(n)]
         reasons: list[str | None] = [None] * n
+        out: list[Generation | None] = [None] * n
         rows, policies = self._forward_rows(min(batch_size, n), routing, contrast, two_pass, None)
         paired = contrast is not None and not two_pass
         waiting, live = deque(range(n)), []
@@ -280,13 +284,20 @@ class DecodeEngine:
                     live += new
                     kernels.enter_context(self._decode_kernels(rows, policies, paired))
                 before = len(live)
+                stepped = live
                 scores, live = self._advance(scorer, scores, live, sampling, generators, checker, eos, limits,
                                              tokens, reasons)
+                for i in stepped:
+                    if reasons[i] is not None and out[i] is None:
+                        out[i] = self._finish(checker, tokens[i], reasons[i])
+                        if on_finish is not None:
+                            on_finish(i, out[i])
                 if not live:
                     scorer = None  # every row finished: the next admission starts a fresh cache
                 elif len(live) < before:
                     scorer.trim_left()
-        return [self._finish(checker, ids, reason) for ids, reason in zip(tokens, reasons)]
+        assert all(gen is not None for gen in out), "the loop ends only when every row has finished"
+        return out  # type: ignore[return-value]
 
     def _advance(
         self,

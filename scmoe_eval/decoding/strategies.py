@@ -99,6 +99,36 @@ class Strategy:
                 row.append(gen)
         return out
 
+    def generate_continuous(
+        self,
+        engine: DecodeEngine,
+        prompts: Sequence[str],
+        *,
+        batch_size: int,
+        stops: Sequence[str],
+        max_new_tokens: int,
+        seeds: Sequence[int],
+        on_finish: Callable[[int, Generation], None],
+    ) -> None:
+        """The same generations as `generate` (one sample per prompt) under continuous batching
+        (engine.generate_continuous); `on_finish(i, generation)` gets prompt i's as soon as its row ends.
+        Baselines and several samples are refused (the config preflight refuses them first)."""
+        if self.baseline is not None or self.num_samples > 1:
+            raise ValueError("continuous batching runs one sample per prompt and no baseline")
+        engine.generate_continuous(
+            prompts,
+            batch_size=batch_size,
+            stops=stops,
+            max_new_tokens=max_new_tokens,
+            seeds=[sample_seed(s, 0) for s in seeds],
+            sampling=self.sampling,
+            routing=self.routing,
+            contrast=self.contrast,
+            ban_eos=self.ban_eos,
+            two_pass=self.two_pass,
+            on_finish=on_finish,
+        )
+
 
 STRATEGIES: Registry[Callable[[StrategyConfig], Strategy]] = Registry("strategy")
 
