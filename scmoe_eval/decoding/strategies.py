@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from scmoe_eval.config import RoutingConfig, StrategyConfig
 from scmoe_eval.decoding.baselines import ContrastiveDecoding, ContrastiveSearch, DoLa
@@ -69,31 +69,15 @@ class Strategy:
         n = self.num_samples
         if n > 1 and self.share_prefill:
             gens = engine.generate(
-                prompts,
-                stops=stops,
-                max_new_tokens=max_new_tokens,
-                seeds=[sample_seed(s, j) for s in seeds for j in range(n)],
-                sampling=self.sampling,
-                routing=self.routing,
-                contrast=self.contrast,
-                ban_eos=self.ban_eos,
-                two_pass=self.two_pass,
-                baseline=self.baseline,
-                num_samples=n,
+                prompts, stops=stops, max_new_tokens=max_new_tokens,
+                seeds=[sample_seed(s, j) for s in seeds for j in range(n)], baseline=self.baseline, num_samples=n,
+                **self._decode_args(),
             )
             return [gens[i * n : (i + 1) * n] for i in range(len(prompts))]
         for j in range(n):
             gens = engine.generate(
-                prompts,
-                stops=stops,
-                max_new_tokens=max_new_tokens,
-                seeds=[sample_seed(s, j) for s in seeds],
-                sampling=self.sampling,
-                routing=self.routing,
-                contrast=self.contrast,
-                ban_eos=self.ban_eos,
-                two_pass=self.two_pass,
-                baseline=self.baseline,
+                prompts, stops=stops, max_new_tokens=max_new_tokens, seeds=[sample_seed(s, j) for s in seeds],
+                baseline=self.baseline, **self._decode_args(),
             )
             for row, gen in zip(out, gens):
                 row.append(gen)
@@ -116,18 +100,14 @@ class Strategy:
         if self.baseline is not None or self.num_samples > 1:
             raise ValueError("continuous batching runs one sample per prompt and no baseline")
         engine.generate_continuous(
-            prompts,
-            batch_size=batch_size,
-            stops=stops,
-            max_new_tokens=max_new_tokens,
-            seeds=[sample_seed(s, 0) for s in seeds],
-            sampling=self.sampling,
-            routing=self.routing,
-            contrast=self.contrast,
-            ban_eos=self.ban_eos,
-            two_pass=self.two_pass,
-            on_finish=on_finish,
+            prompts, batch_size=batch_size, stops=stops, max_new_tokens=max_new_tokens,
+            seeds=[sample_seed(s, 0) for s in seeds], on_finish=on_finish, **self._decode_args(),
         )
+
+    def _decode_args(self) -> dict[str, Any]:
+        """The engine arguments this strategy fixes (both schedules pass the same ones)."""
+        return {"sampling": self.sampling, "routing": self.routing, "contrast": self.contrast,
+                "ban_eos": self.ban_eos, "two_pass": self.two_pass}
 
 
 STRATEGIES: Registry[Callable[[StrategyConfig], Strategy]] = Registry("strategy")
