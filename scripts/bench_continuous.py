@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
-import transformers
+from bench_json import conditions, write_report
 
 from scmoe_eval.config import ModelConfig
 from scmoe_eval.decoding.engine import Contrast, DecodeEngine
@@ -94,14 +93,12 @@ def main() -> None:
                                 same_tokens=ids["static"] == ids["continuous"])
             rows += [dict(method=method, batch=batch, mode=m, seconds_runs=[round(t, 3) for t in v]) for m, v in times.items()]
             print(key, json.dumps(summary[key]), flush=True)
-    report = dict(device=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
-                  torch=torch.__version__, transformers=transformers.__version__,
-                  settings=dict(model=f"fixture mixtral {args.size}", items=args.items, rounds=args.rounds,
-                                generated_tokens=total_tokens, lengths=lengths),
-                  loadavg_start=load_start, loadavg_end=os.getloadavg(), results=rows, summary=summary)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, dict(
+        **conditions(load_start),
+        settings=dict(model=f"fixture mixtral {args.size}", items=args.items, rounds=args.rounds,
+                      generated_tokens=total_tokens, lengths=lengths),
+        results=rows, summary=summary,
+    ))
 
 
 if __name__ == "__main__":

@@ -86,21 +86,8 @@ LARGE_CPU = dict(
 
 
 # The issue-9 "mid" shape (the paper's code was timed on it): hidden 512, 8 layers, vocab 32000.
-MID32K = dict(
-    vocab_size=32000,
-    hidden_size=512,
-    intermediate_size=1792,
-    num_hidden_layers=8,
-    num_attention_heads=8,
-    num_key_value_heads=2,
-    num_local_experts=8,
-    num_experts_per_tok=2,
-    max_position_embeddings=8192,
-    bos_token_id=1,
-    eos_token_id=2,
-    pad_token_id=0,
-    tie_word_embeddings=False,
-)
+MID32K = dict(LARGE_CPU, vocab_size=32000, hidden_size=512, intermediate_size=1792, num_hidden_layers=8,
+              num_attention_heads=8, num_key_value_heads=2)
 
 
 def cpu_subjects(sizes: list[str]) -> list[Subject]:

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-import transformers
+from bench_json import conditions, write_report
 
 from scmoe_eval.config import ModelConfig, StrategyConfig
 from scmoe_eval.decoding.engine import DecodeEngine
@@ -84,14 +83,12 @@ def main() -> None:
             rows += [dict(inner=inner, method=label, phase=phase, seconds_runs=[round(t, 4) for t in v])
                      for (label, phase), v in times.items()]
             print(inner, json.dumps(summary[inner]), flush=True)
-    report = dict(device=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
-                  torch=torch.__version__, transformers=transformers.__version__,
-                  settings=dict(model=f"fixture mixtral {args.size}", prompt_tokens=prompt_tokens, samples=args.samples,
-                                new_tokens=args.new_tokens, rounds=args.rounds),
-                  loadavg_start=load_start, loadavg_end=os.getloadavg(), results=rows, summary=summary)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, dict(
+        **conditions(load_start),
+        settings=dict(model=f"fixture mixtral {args.size}", prompt_tokens=prompt_tokens, samples=args.samples,
+                      new_tokens=args.new_tokens, rounds=args.rounds),
+        results=rows, summary=summary,
+    ))
 
 
 if __name__ == "__main__":

@@ -11,15 +11,14 @@ interleaved per round, medians in ms. A weight-streaming kernel would cost about
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_json import conditions, write_report
 
 SHAPES = {"lm_head": (32000, 512), "expert_gate_up": (3584, 512), "expert_down": (512, 1792), "attn_q": (512, 512)}
 
@@ -57,12 +56,8 @@ def main() -> None:
             r["linear_over_one_row"], r["transposed_over_one_row"] = r["linear_ms"] / one, r["transposed_ms"] / one
             print(f"{name:15} M={m:<3} linear {r['linear_ms']:8.3f} ms ({r['linear_over_one_row']:.2f}x one row)  "
                   f"transposed {r['transposed_ms']:8.3f} ms ({r['transposed_over_one_row']:.2f}x)", flush=True)
-    report = dict(device=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
-                  torch=torch.__version__, mkl=torch.backends.mkl.is_available(), rounds=args.rounds,
-                  loadavg_start=load_start, loadavg_end=os.getloadavg(), results=results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, dict(**conditions(load_start), mkl=torch.backends.mkl.is_available(), rounds=args.rounds,
+                                results=results))
 
 
 if __name__ == "__main__":

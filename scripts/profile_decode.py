@@ -11,7 +11,6 @@ sampling, stop checks). Methods interleave per round; medians in ms per step.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,6 +23,7 @@ from transformers import MixtralConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_decode import MID32K, _wrap, prompts, random_mixtral, word_tokenizer  # noqa: E402
+from bench_json import conditions, write_report  # noqa: E402
 
 from scmoe_eval.decoding.engine import Contrast, DecodeEngine  # noqa: E402
 from scmoe_eval.decoding.traffic import experts_modules  # noqa: E402
@@ -101,12 +101,12 @@ def main() -> None:
     summary = {name: {k: statistics.median(r[k] for r in rounds[1:]) for k in rounds[0]} for name, rounds in per_round.items()}
     for name, t in summary.items():
         print(name, {k: round(v, 2) for k, v in t.items()})
-    report = dict(settings=dict(model="mid32k", batch=args.batch, new_tokens=args.new_tokens, rounds=args.rounds,
-                                unit="ms per decode step (median over rounds)"),
-                  loadavg_start=load_start, loadavg_end=os.getloadavg(), summary=summary)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, dict(
+        **conditions(load_start),
+        settings=dict(model="mid32k", batch=args.batch, new_tokens=args.new_tokens, rounds=args.rounds,
+                      unit="ms per decode step (median over rounds)"),
+        summary=summary,
+    ))
 
 
 if __name__ == "__main__":
