@@ -91,6 +91,7 @@ class RunConfig:
     limit: Optional[int] = None
     batch_size: int = 8
     schedule: str = "static"  # static | continuous (finished rows' slots refilled from the queue; docs/usage.md)
+    compile: bool = False  # decode steps through torch.compile on a static cache (docs/decode-cost.md)
     max_new_tokens: int = 512
     seed: int = 1234
     output_dir: str = "results/runs"
@@ -224,8 +225,14 @@ def _validate_baseline(s: StrategyConfig) -> None:
 
 def _validate_schedule(r: RunConfig, s: StrategyConfig) -> None:
     """Continuous batching runs one engine call per prompt and sample: not the baselines (their own
-    per-row state) nor several samples (those share one prefill per prompt instead)."""
+    per-row state) nor several samples (those share one prefill per prompt instead). The compiled
+    decode needs static batches and the engine's own scorers (not the baselines')."""
     _check(r.schedule in SCHEDULES, "run.schedule", f"must be one of {SCHEDULES}, got {r.schedule!r}")
+    if r.compile:
+        _check(r.schedule == "static", "run.compile",
+               "the compiled decode needs a fixed batch shape; use run.schedule=static or run.compile=false")
+        _check(s.name not in BASELINE_STRATEGIES, "run.compile",
+               f"the {s.name} baseline decodes eager; use run.compile=false")
     if r.schedule == "continuous":
         _check(s.name not in BASELINE_STRATEGIES, "run.schedule",
                f"continuous does not support the {s.name} baseline; use run.schedule=static")

@@ -123,7 +123,7 @@ def generate(checked: Checked, store: RunStore) -> dict[str, Any]:
     mine = shard_items(checked.items, run.shard, run.num_shards)
     todo = [it for it in mine if any((it.index, j) not in done for j in range(strategy.num_samples))]
     stats: dict[str, Any] = {"items_total": len(mine), "items_generated": len(todo), "batch_size": run.batch_size,
-                             "schedule": run.schedule}
+                             "schedule": run.schedule, "compile": run.compile}
     if done and todo:
         log.info("resuming: %d/%d items done", len(mine) - len(todo), len(mine))
     if not todo:
@@ -223,7 +223,7 @@ def _engine(checked: Checked) -> tuple[Any, Any]:
     loaded = load_model(checked.cfg.model)
     for policy in used_policies(checked.cfg.strategy).values():
         loaded.controller.check(RoutingPolicy.from_config(policy))
-    return DecodeEngine(loaded), loaded.tokenizer
+    return DecodeEngine(loaded, compile=checked.cfg.run.compile), loaded.tokenizer
 
 
 def _with_amateur(strategy: Any, checked: Checked) -> Any:

@@ -42,6 +42,7 @@ HASH_EXCLUDED_KEYS: tuple[str, ...] = (
     "run.num_shards",
     "run.batch_size",  # recorded per attempt in environment.json instead
     "run.schedule",  # static or continuous batching: the same tokens (tests/test_pipeline.py)
+    "run.compile",  # compiled or eager decode step: the same tokens in fp32 (tests/test_static_decode.py)
     "logger",  # experiment tracking only
     "task.num_workers",  # parallelism of the code sandbox
     "task.allow_code_execution",  # a permission gate; the env var HF_ALLOW_CODE_EVAL is equivalent

@@ -128,6 +128,8 @@ def test_unknown_group_option_lists_valid_ones() -> None:
         (["strategy=contrastive-search", "run.schedule=continuous"], "run.schedule"),
         (["strategy=self-consistency", "run.schedule=continuous"], "run.schedule"),
         (["strategy=sample", "strategy.num_samples=2", "run.schedule=continuous"], "run.schedule"),
+        (["run.compile=true", "run.schedule=continuous"], "run.compile"),
+        (["strategy=dola", "run.compile=true"], "run.compile"),
     ],
 )
 def test_bad_values_name_their_key(overrides: list[str], key: str) -> None:
@@ -139,6 +141,11 @@ def test_bad_values_name_their_key(overrides: list[str], key: str) -> None:
 def test_continuous_schedule_takes_one_sample_strategies() -> None:
     for name in ("greedy", "sample", "scmoe", "scmoe-sample", "dynamic"):
         validate(load(f"strategy={name}", "run.schedule=continuous"))
+
+
+def test_compiled_decode_takes_the_engine_strategies() -> None:
+    for name in ("greedy", "scmoe", "scmoe-sample", "self-consistency", "dynamic"):
+        validate(load(f"strategy={name}", "run.compile=true"))
 
 
 def test_sampling_strategies_take_many_samples() -> None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections import deque
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
+from transformers import CompileConfig
 
 from scmoe_eval.decoding.kernels import few_rows_head, head_suits
 from scmoe_eval.decoding.sampler import GREEDY, Sampler, SamplingParams
@@ -27,8 +29,10 @@ from scmoe_eval.decoding.streams import (
     Policy,
     Scorer,
     Stream,
+    StreamFactory,
     TwoStreamScorer,
 )
+from scmoe_eval.decoding.static import StaticStream
 from scmoe_eval.decoding.traffic import expert_bytes, experts_modules
 from scmoe_eval.models.experts import ROUTED as ROUTED_ROWS
 
@@ -63,9 +67,13 @@ class Generation:
 class DecodeEngine:
     """Generates completions for a batch of prompts with one loaded MoE model."""
 
-    def __init__(self, loaded: "LoadedModel", decode_experts: str | None = None) -> None:
-        """`decode_experts`: experts implementation for decode steps (None: pick per call, see below)."""
+    def __init__(self, loaded: "LoadedModel", decode_experts: str | None = None, compile: bool = False) -> None:
+        """`decode_experts`: experts implementation for decode steps (None: pick per call, see below).
+        `compile`: decode steps on a static cache through `torch.compile` (CUDA graphs on a GPU);
+        decoding/static.py. Off by default: it pays a compile per batch shape and is not yet measured
+        faster on a GPU. Baselines and continuous batching always run eager."""
         self.decode_experts = decode_experts
+        self.compile = compile
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.controller = loaded.controller
@@ -106,10 +114,10 @@ class DecodeEngine:
             slots = rows * max(self._slots(p) for p in policies)
             if self.device.type != "cpu":
                 target = "batched_mm" if slots <= self.controller.num_experts // 2 else None
-            elif slots <= self.controller.num_experts and self._expert_bytes >= ROUTED_MIN_BYTES:
-                target = ROUTED_ROWS
+            elif slots <= self.controller.num_experts and self._expert_bytes >= ROUTED_MIN_BYTES and not self.compile:
+                target = ROUTED_ROWS  # not under compile: its per-layer host sync would split the graph
         switch = target is not None and target not in before.values()
-        head = paired and self.decode_experts is None and head_suits(self.model, rows)
+        head = paired and self.decode_experts is None and not self.compile and head_suits(self.model, rows)
         if switch:
             self.model.set_experts_implementation(target)
         try:
@@ -137,17 +145,28 @@ class DecodeEngine:
         return [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
 
     def _scorer(self, n: int, routing: Policy, contrast: Contrast | None, two_pass: bool,
-                baseline: "Baseline | None", ban: Tensor | None) -> Scorer:
-        """The scorer for n prompts (not yet prefilled)."""
+                baseline: "Baseline | None", ban: Tensor | None, static_tokens: int | None = None) -> Scorer:
+        """The scorer for n prompts (not yet prefilled); compiled streams need `static_tokens` (the most new tokens)."""
         if baseline is not None:
             return baseline.scorer(self, n, ban)
+        stream = self._stream_factory(static_tokens)
         if contrast is None:
-            return PlainScorer(self.model, self.controller, n, routing, ban)
+            return PlainScorer(self.model, self.controller, n, routing, ban, stream)
         if two_pass:
-            strong = Stream(self.model, self.controller, [contrast.strong] * n)
-            weak = Stream(self.model, self.controller, [contrast.weak] * n)
+            strong = stream(self.model, self.controller, [contrast.strong] * n)
+            weak = stream(self.model, self.controller, [contrast.weak] * n)
             return TwoStreamScorer(strong, weak, contrast.alpha, contrast.beta, ban)
-        return PairedScorer(self.model, self.controller, n, contrast, ban)
+        return PairedScorer(self.model, self.controller, n, contrast, ban, stream)
+
+    def _stream_factory(self, static_tokens: int | None) -> StreamFactory:
+        """`Stream`, or under `compile` a StaticStream sized for `static_tokens` new tokens."""
+        if not self.compile:
+            return Stream
+        if static_tokens is None:
+            raise ValueError("compiled decoding needs a fixed batch shape: continuous batching runs eager (compile=False)")
+        mode = "reduce-overhead" if self.device.type == "cuda" else "default"  # reduce-overhead = CUDA graphs
+        step_fn = self.model.get_compiled_call(CompileConfig(dynamic=False, mode=mode))  # compiled once, kept on the model
+        return partial(StaticStream, step_fn=step_fn, max_new_tokens=static_tokens)
 
     @staticmethod
     def _limits(max_new_tokens: int | Sequence[int], n: int) -> list[int]:
@@ -203,7 +222,7 @@ class DecodeEngine:
         generators = self._generators(seeds, m, sampling)
         ban = torch.tensor(self.eos_ids, device=self.device) if ban_eos and self.eos_ids else None
         two_pass = bool(two_pass)  # None: batched, measured faster or equal on CPU and H200 (docs/decoding.md)
-        scorer = self._scorer(n, routing, contrast, two_pass, baseline, ban)
+        scorer = self._scorer(n, routing, contrast, two_pass, baseline, ban, max(limits))
         checker = StopChecker(self.tokenizer, stops)
         eos = set() if ban_eos else set(self.eos_ids)
 

@@ -14,7 +14,7 @@ scorer's rows (continuous batching admits prefilled prompts into the running bat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -77,9 +77,10 @@ class Stream:
                 self.controller.set(self.policies)
             self.policies = self.controller.policies  # the controller's equal tuple: later steps test identity only
 
-    def _forward(self, ids: Tensor, pos: Tensor, hidden: Hidden) -> Any:
+    def _forward(self, ids: Tensor, pos: Tensor, hidden: Hidden, call: Callable[..., Any] | None = None) -> Any:
+        """One model call (`call`: the same model compiled, decoding/static.py)."""
         self._route()
-        return self.model(
+        return (call or self.model)(
             input_ids=ids,
             attention_mask=self.mask,
             position_ids=pos,
@@ -171,10 +172,14 @@ def ban_tokens(scores: Tensor, ids: Tensor | None) -> Tensor:
     return scores if ids is None else scores.index_fill(-1, ids.to(scores.device), float("-inf"))
 
 
+StreamFactory = Callable[..., Stream]  # (model, controller, policies) -> Stream: `Stream`, or a static one
+
+
 class PlainScorer:
-    def __init__(self, model, controller, n: int, policy: Policy, ban: Tensor | None) -> None:
+    def __init__(self, model, controller, n: int, policy: Policy, ban: Tensor | None,
+                 stream: StreamFactory = Stream) -> None:
         stock = policy is None or policy.kind == "default"
-        self.stream = Stream(model, controller, None if stock else [policy] * n)
+        self.stream = stream(model, controller, None if stock else [policy] * n)
         self.ban = ban
 
     def prefill(self, ids: Tensor, mask: Tensor) -> Tensor:
@@ -196,8 +201,9 @@ class PlainScorer:
 class PairedScorer:
     """SCMoE in one forward: rows (2i, 2i+1) = (strong_i, weak_i), the same token fed to both."""
 
-    def __init__(self, model, controller, n: int, contrast: Contrast, ban: Tensor | None) -> None:
-        self.stream = Stream(model, controller, [contrast.strong, contrast.weak] * n)
+    def __init__(self, model, controller, n: int, contrast: Contrast, ban: Tensor | None,
+                 stream: StreamFactory = Stream) -> None:
+        self.stream = stream(model, controller, [contrast.strong, contrast.weak] * n)
         self.contrast = contrast
         self.ban = ban
 

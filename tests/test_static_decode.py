@@ -1,0 +1,82 @@
+"""The compiled decode step (decoding/static.py): a static cache and torch.compile give the same
+token ids as the eager DynamicCache path on CPU in fp32, for every scorer the engine compiles.
+
+Each distinct (rows, cache length, routing policy list) compiles once (~20-40 s on 2 cores), so the
+cases share shapes where they can.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scmoe_eval.decoding.engine import Contrast, DecodeEngine
+from scmoe_eval.decoding.sampler import SamplingParams
+from scmoe_eval.decoding.static import BUCKET, capacity
+from scmoe_eval.models.routing import RoutingPolicy
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["Question: Natalia sold clips to 48 of her friends in April. How many?\nAnswer:", "Q: 2+3?\nA:"]
+SCMOE = Contrast(RoutingPolicy.topk(2), RoutingPolicy.rank(2))
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_mixtral, one_thread):
+    return DecodeEngine(tiny_mixtral), DecodeEngine(tiny_mixtral, compile=True)
+
+
+def _ids(gens) -> list[list[int]]:
+    return [g.token_ids for g in gens]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        # rows end at different steps: the finished row stays in the compiled forward, its scores dropped
+        dict(max_new_tokens=[24, 7], ban_eos=True),
+        dict(max_new_tokens=[24, 7], ban_eos=True, contrast=SCMOE),
+        dict(max_new_tokens=24, ban_eos=True, contrast=SCMOE, two_pass=True),
+        # one prefill fanned out to 3 seeded samples per prompt before the first compiled step
+        dict(max_new_tokens=16, sampling=SamplingParams(temperature=0.8, top_p=0.95), seeds=list(range(6)),
+             num_samples=3, contrast=SCMOE),
+    ],
+    ids=["greedy", "scmoe", "scmoe-two-pass", "scmoe-sample-n3"],
+)
+def test_compiled_decode_gives_the_eager_tokens(engines, kwargs) -> None:
+    eager, compiled = engines
+    got = compiled.generate(PROMPTS, **kwargs)
+    want = eager.generate(PROMPTS, **kwargs)
+    assert _ids(got) == _ids(want)
+    assert [g.stop_reason for g in got] == [g.stop_reason for g in want]
+
+
+def test_every_decode_step_runs_the_compiled_call(engines, monkeypatch) -> None:
+    """The step call is transformers' torch.compile wrapper (kept on the model), and each of the
+    max_new_tokens - 1 decode steps goes through it (the first token comes from the eager prefill)."""
+    _, compiled = engines
+    compiled.generate(PROMPTS[:1], max_new_tokens=2, ban_eos=True)
+    call = compiled.model._compiled_call
+    assert hasattr(call, "_torchdynamo_orig_callable")  # what torch.compile returns
+    calls = []
+    monkeypatch.setattr(compiled.model, "_compiled_call", lambda *a, **k: calls.append(1) or call(*a, **k))
+    compiled.generate(PROMPTS[:1], max_new_tokens=5, ban_eos=True)
+    assert len(calls) == 4
+
+
+def test_stops_and_eos_end_rows_as_in_eager(engines) -> None:
+    eager, compiled = engines
+    kw = dict(max_new_tokens=[24, 7], stops=["\n", "the"])
+    assert _ids(compiled.generate(PROMPTS, **kw)) == _ids(eager.generate(PROMPTS, **kw))
+
+
+def test_cache_length_is_bucketed() -> None:
+    assert capacity(1, 1) == BUCKET
+    assert capacity(BUCKET - 10, 10) == BUCKET
+    assert capacity(BUCKET - 10, 11) == 2 * BUCKET
+
+
+def test_continuous_batching_refuses_the_compiled_engine(engines) -> None:
+    _, compiled = engines
+    with pytest.raises(ValueError, match="continuous batching runs eager"):
+        compiled.generate_continuous(PROMPTS, batch_size=1, max_new_tokens=4)
