@@ -32,8 +32,10 @@ from scmoe_eval.decoding.traffic import TrafficCounter, floor_ratio
 from scmoe_eval.models.loading import LoadedModel
 from scmoe_eval.models.routing import RoutingController, RoutingPolicy
 
-METHODS = ("hf_generate", "greedy", "scmoe_batched", "scmoe_two_pass", "greedy_grouped_mm", "scmoe_grouped_mm")
+METHODS = ("hf_generate", "greedy", "scmoe_batched", "scmoe_two_pass", "greedy_grouped_mm", "scmoe_grouped_mm",
+           "greedy_compiled", "scmoe_compiled")
 DEFAULT_METHODS = METHODS[:4]  # *_grouped_mm: the engine's CPU decode path before routed_rows (for before/after)
+# *_compiled: DecodeEngine(compile=True), static cache + torch.compile (CUDA graphs on a GPU); the warm-up run compiles
 # The paper's code on the mid32k shape (issue 9, CPU fp32, 1 thread, batch 1): greedy 62.8, SCMoE 112.0 ms/token,
 # against HF generate 60.2 and our greedy 60.3 in the same run.
 PAPER_CODE_MID = dict(greedy=62.8, scmoe=112.0, hf_generate=60.2, our_greedy=60.3)
@@ -155,6 +157,9 @@ def runner(subject: Subject, method: str, texts: list[str], new_tokens: int) -> 
     if method.endswith("_grouped_mm"):
         engine, method = DecodeEngine(subject.loaded, decode_experts="grouped_mm"), method.replace("_grouped_mm", "")
         method = "scmoe_batched" if method == "scmoe" else method
+    elif method.endswith("_compiled"):
+        engine = DecodeEngine(subject.loaded, decode_experts=subject.engine.decode_experts, compile=True)
+        method = "scmoe_batched" if method == "scmoe_compiled" else "greedy"
     contrast = Contrast(RoutingPolicy.topk(2), RoutingPolicy.rank(2), alpha=0.1, beta=0.5)
     if method == "hf_generate":
         ids, mask = engine.encode(texts)
@@ -199,7 +204,8 @@ def bench_subject(subject: Subject, batches: list[int], args: argparse.Namespace
         texts = prompts(batch, args.prompt_len, vocab)
         fns = {m: runner(subject, m, texts, args.new_tokens) for m in args.methods}
         warm = {m: fn() for m, fn in fns.items()}  # warm-up: allocator, kernels, lazy inits
-        pairs = dict(greedy_vs_hf=("greedy", "hf_generate"), batched_vs_two_pass=("scmoe_batched", "scmoe_two_pass"))
+        pairs = dict(greedy_vs_hf=("greedy", "hf_generate"), batched_vs_two_pass=("scmoe_batched", "scmoe_two_pass"),
+                     greedy_compiled_vs_eager=("greedy_compiled", "greedy"), scmoe_compiled_vs_eager=("scmoe_compiled", "scmoe_batched"))
         agree = {name: same_rows(warm[a], warm[b]) for name, (a, b) in pairs.items() if a in warm and b in warm}
         times: dict[str, list[float]] = {m: [] for m in args.methods}
         for _ in range(args.rounds):  # interleaved, so drift from neighbours hits every method alike
@@ -271,12 +277,17 @@ def summarize(rows: list[dict], subjects: list[Subject], args: argparse.Namespac
                           batched_over_two_pass=("scmoe_batched", "scmoe_two_pass"))
             ratios.update(scmoe_over_before=("scmoe_batched", "scmoe_grouped_mm"), greedy_over_before=("greedy", "greedy_grouped_mm"),
                           before_scmoe_over_greedy=("scmoe_grouped_mm", "greedy_grouped_mm"))
+            ratios.update(greedy_compiled_over_eager=("greedy_compiled", "greedy"),
+                          scmoe_compiled_over_eager=("scmoe_compiled", "scmoe_batched"),
+                          scmoe_compiled_over_greedy_compiled=("scmoe_compiled", "greedy_compiled"))
             entry = {name: ms[a] / ms[c] for name, (a, c) in ratios.items() if a in ms and c in ms}
             traffic = {m: by[(s.name, b, m)].get("traffic") for m in ("greedy", "scmoe_batched") if m in ms}
             if all(traffic.values()) and len(traffic) == 2:
                 entry["floor_ratio"] = floor_ratio(traffic["scmoe_batched"], traffic["greedy"])
                 entry["weak_extra_experts_per_layer"] = traffic["scmoe_batched"]["weak_extra_per_layer"] / b
                 entry["measured_over_floor"] = entry["scmoe_batched_over_greedy"] / entry["floor_ratio"]
+                if "scmoe_compiled_over_greedy_compiled" in entry:
+                    entry["compiled_measured_over_floor"] = entry["scmoe_compiled_over_greedy_compiled"] / entry["floor_ratio"]
             if s.name == "mid32k" and "scmoe_batched" in ms:  # the paper's code, translated through our greedy and HF's
                 p = PAPER_CODE_MID
                 old = ms.get("greedy_grouped_mm", ms.get("greedy"))  # the greedy path the paper's code was timed against
