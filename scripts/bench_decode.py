@@ -3,6 +3,11 @@
 Not a test: it writes JSON (median per-token latency, tokens/s, peak GPU memory) for the docs.
 Every run forces exactly `--new-tokens` tokens (EOS banned, no stop strings) after a `--prompt-len`
 token prompt; methods are interleaved within each round and the median over rounds is reported.
+Each round also times every method with one new token (prefill + first token), so the JSON has both
+the end-to-end `ms_per_token` (prefill amortised over the run) and `decode_ms_per_step` = (full run -
+first-token run) / (new tokens - 1): the decode step alone, which is what the traffic floor describes
+(`decode_step_*` ratios). SCMoE prefills two rows per prompt, so the end-to-end ratio falls toward the
+per-step one as more tokens are generated (issue 9 timed 64).
 
   python scripts/bench_decode.py                      # CPU: random Mixtral, hidden 64 / 512 / 1024
   python scripts/bench_decode.py --device cuda --out results/bench/h200.json
@@ -203,23 +208,28 @@ def bench_subject(subject: Subject, batches: list[int], args: argparse.Namespace
     for batch in batches:
         texts = prompts(batch, args.prompt_len, vocab)
         fns = {m: runner(subject, m, texts, args.new_tokens) for m in args.methods}
+        firsts = {m: runner(subject, m, texts, 1) for m in args.methods}  # prefill + first token only
         warm = {m: fn() for m, fn in fns.items()}  # warm-up: allocator, kernels, lazy inits
         pairs = dict(greedy_vs_hf=("greedy", "hf_generate"), batched_vs_two_pass=("scmoe_batched", "scmoe_two_pass"),
                      greedy_compiled_vs_eager=("greedy_compiled", "greedy"), scmoe_compiled_vs_eager=("scmoe_compiled", "scmoe_batched"))
         agree = {name: same_rows(warm[a], warm[b]) for name, (a, b) in pairs.items() if a in warm and b in warm}
         times: dict[str, list[float]] = {m: [] for m in args.methods}
+        first: dict[str, list[float]] = {m: [] for m in args.methods}
         for _ in range(args.rounds):  # interleaved, so drift from neighbours hits every method alike
             for m, fn in fns.items():
                 times[m].append(timed(fn, device))
+                first[m].append(timed(firsts[m], device))
         peaks = measure_peaks(fns, device) if device == "cuda" else {}
         traffic = count_traffic(subject, texts, args.new_tokens) if args.traffic else {}
         for m in args.methods:
-            sec = statistics.median(times[m])
+            sec, sec1 = statistics.median(times[m]), statistics.median(first[m])
             row = dict(
                 model=subject.name,
                 batch=batch,
                 method=m,
                 ms_per_token=1000 * sec / args.new_tokens,
+                prefill_ms=1000 * sec1,  # prompt forward + first token
+                decode_ms_per_step=1000 * (sec - sec1) / max(args.new_tokens - 1, 1),  # what the traffic floor describes
                 tokens_per_s=batch * args.new_tokens / sec,
                 seconds_runs=[round(t, 5) for t in times[m]],
                 same_tokens=agree,
@@ -272,6 +282,7 @@ def summarize(rows: list[dict], subjects: list[Subject], args: argparse.Namespac
     for s in subjects:
         for b in args.batch:
             ms = {m: by[(s.name, b, m)]["ms_per_token"] for m in args.methods}
+            step = {m: by[(s.name, b, m)]["decode_ms_per_step"] for m in args.methods}
             ratios = dict(greedy_over_hf=("greedy", "hf_generate"), scmoe_batched_over_greedy=("scmoe_batched", "greedy"),
                           scmoe_two_pass_over_greedy=("scmoe_two_pass", "greedy"),
                           batched_over_two_pass=("scmoe_batched", "scmoe_two_pass"))
@@ -281,13 +292,17 @@ def summarize(rows: list[dict], subjects: list[Subject], args: argparse.Namespac
                           scmoe_compiled_over_eager=("scmoe_compiled", "scmoe_batched"),
                           scmoe_compiled_over_greedy_compiled=("scmoe_compiled", "greedy_compiled"))
             entry = {name: ms[a] / ms[c] for name, (a, c) in ratios.items() if a in ms and c in ms}
+            entry |= {f"decode_step_{name}": step[a] / step[c] for name, (a, c) in ratios.items() if a in ms and c in ms}
             traffic = {m: by[(s.name, b, m)].get("traffic") for m in ("greedy", "scmoe_batched") if m in ms}
             if all(traffic.values()) and len(traffic) == 2:
                 entry["floor_ratio"] = floor_ratio(traffic["scmoe_batched"], traffic["greedy"])
                 entry["weak_extra_experts_per_layer"] = traffic["scmoe_batched"]["weak_extra_per_layer"] / b
                 entry["measured_over_floor"] = entry["scmoe_batched_over_greedy"] / entry["floor_ratio"]
+                entry["decode_step_measured_over_floor"] = entry["decode_step_scmoe_batched_over_greedy"] / entry["floor_ratio"]
                 if "scmoe_compiled_over_greedy_compiled" in entry:
                     entry["compiled_measured_over_floor"] = entry["scmoe_compiled_over_greedy_compiled"] / entry["floor_ratio"]
+                    entry["decode_step_compiled_measured_over_floor"] = (
+                        entry["decode_step_scmoe_compiled_over_greedy_compiled"] / entry["floor_ratio"])
             if s.name == "mid32k" and "scmoe_batched" in ms:  # the paper's code, translated through our greedy and HF's
                 p = PAPER_CODE_MID
                 old = ms.get("greedy_grouped_mm", ms.get("greedy"))  # the greedy path the paper's code was timed against
