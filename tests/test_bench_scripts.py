@@ -28,7 +28,8 @@ def test_bench_decode_runs_the_gpu_script_flags_on_cpu(tmp_path, impl):
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["decode_experts"] == impl and {r["method"] for r in report["results"]} == {"greedy", "scmoe_batched"}
-    assert set(report["summary"]["tiny/B1"]) == {"scmoe_batched_over_greedy"}
+    assert set(report["summary"]["tiny/B1"]) == {"scmoe_batched_over_greedy", "decode_step_scmoe_batched_over_greedy"}
+    assert all(r["prefill_ms"] > 0 and "decode_ms_per_step" in r for r in report["results"])
 
 
 def test_gpu_bench_script_calls_only_existing_flags():
@@ -38,3 +39,7 @@ def test_gpu_bench_script_calls_only_existing_flags():
              for word in line.split() if word.startswith("--")}
     known = set(re.findall(r"--[a-z][a-z-]*", help_text))
     assert flags and flags <= known, flags - known
+    methods = {word for line in re.findall(r"--methods ([a-z_ ]+)", script) for word in line.split()}
+    choices = re.search(r"--methods \{([a-z_,]+)\}", help_text.replace("\n", "")).group(1).split(",")
+    assert {"greedy_compiled", "scmoe_compiled"} <= methods <= set(choices), methods - set(choices)
+    assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "gpu_bench.sh")]).returncode == 0
