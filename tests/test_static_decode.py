@@ -80,3 +80,17 @@ def test_continuous_batching_refuses_the_compiled_engine(engines) -> None:
     _, compiled = engines
     with pytest.raises(ValueError, match="continuous batching runs eager"):
         compiled.generate_continuous(PROMPTS, batch_size=1, max_new_tokens=4)
+
+
+@pytest.mark.parametrize("family", ["qwen2_moe", "deepseek_v3"])
+def test_compiled_scmoe_on_other_router_kinds(family, one_thread) -> None:
+    """Shared experts and a softmax router (Qwen2-MoE); sigmoid + bias with expert groups (DeepSeek-V3)."""
+    from scmoe_eval.config import ModelConfig
+    from scmoe_eval.models.fixtures import fixture_path
+    from scmoe_eval.models.loading import load_model
+
+    loaded = load_model(ModelConfig(path=str(fixture_path(family)), dtype="float32", device="cpu"))
+    contrast = Contrast(RoutingPolicy.topk(loaded.controller.default_k), RoutingPolicy.rank(2))
+    kw = dict(max_new_tokens=[12, 5], ban_eos=True, contrast=contrast)
+    got = DecodeEngine(loaded, compile=True).generate(PROMPTS, **kw)
+    assert _ids(got) == _ids(DecodeEngine(loaded).generate(PROMPTS, **kw))
