@@ -242,7 +242,7 @@ def test_routing_is_set_once_per_policy_change(engine: DecodeEngine, monkeypatch
 
 def test_decode_kernel_rule(tiny_mixtral) -> None:
     """Off CPU, decode switches grouped_mm -> batched_mm only for <= E/2 expert slots per step, and
-    restores it afterwards; on CPU grouped_mm -> routed_rows for <= E slots; `decode_experts` forces one everywhere."""
+    restores it afterwards; on CPU grouped_mm -> routed_rows for <= 4E slots; `decode_experts` forces one everywhere."""
     model = tiny_mixtral.model
     before = model.get_experts_implementation()
     assert set(before.values()) == {"grouped_mm"} and tiny_mixtral.controller.num_experts == 8
@@ -262,8 +262,8 @@ def test_decode_kernel_rule(tiny_mixtral) -> None:
     with cpu._decode_kernels(2, pair, True):  # the tiny fixture's experts (96 KiB) are overhead-bound: no switch
         assert model.get_experts_implementation() == before and "forward" in vars(head)
     cpu._expert_bytes = 1 << 20  # as a model with 1 MiB experts
-    for rows, paired, want in [(2, True, "routed_rows"), (4, True, "routed_rows"), (5, True, "grouped_mm"),
-                               (4, False, "routed_rows"), (5, False, "grouped_mm")]:  # CPU: routed_rows for <= E slots
+    for rows, paired, want in [(2, True, "routed_rows"), (16, True, "routed_rows"), (17, True, "grouped_mm"),
+                               (16, False, "routed_rows"), (17, False, "grouped_mm")]:  # CPU: routed_rows for <= 4E slots
         with cpu._decode_kernels(rows, [None] if not paired else pair, paired):
             assert set(model.get_experts_implementation().values()) == {want}, rows
             assert ("forward" in vars(head)) == (paired and rows <= 4)  # few-rows LM head for batch <= 2 SCMoE only

@@ -37,6 +37,7 @@ from scmoe_eval.decoding.traffic import expert_bytes, experts_modules
 from scmoe_eval.models.experts import ROUTED as ROUTED_ROWS
 
 ROUTED_MIN_BYTES = 1 << 20  # CPU: routed_rows only for experts of >= 1 MiB (smaller ones are overhead-bound)
+ROUTED_SLOTS_PER_EXPERT = 4  # CPU: ... and for <= 4E expert slots per step (beyond, grouped_mm was level or faster)
 
 if TYPE_CHECKING:
     from scmoe_eval.models.loading import LoadedModel
@@ -104,8 +105,10 @@ class DecodeEngine:
         few slots, ruinous with many (H200, Mixtral-8x7B shape: 27 vs 36 ms/token at B=1, 126 vs 40 at
         B=8, results/bench/h200_decode_*.json). So grouped_mm becomes batched_mm only for <= E/2 slots per step.
         On CPU, grouped_mm becomes routed_rows (models/experts.py: zero-weight padding slots skipped)
-        for <= E slots per step when an expert is big enough for its weights, not Python overhead, to
-        set the cost (>= ROUTED_MIN_BYTES; the tiny test fixture's 96 KiB experts stay on grouped_mm), and `paired` (batched SCMoE) rows get the few-rows LM head
+        for <= 4E slots per step (batch-8 SCMoE, batch-16 greedy on Mixtral's E=8: mid32k B8 SCMoE 152
+        vs 193 ms/token; at 64 slots grouped_mm was 7% faster) when an expert is big enough for its
+        weights, not Python overhead, to set the cost (>= ROUTED_MIN_BYTES; the tiny test fixture's
+        96 KiB experts stay on grouped_mm), and `paired` (batched SCMoE) rows get the few-rows LM head
         (decoding/kernels.py); docs/decode-cost.md has the measurements.
         """
         before = self.model.get_experts_implementation()
@@ -114,7 +117,8 @@ class DecodeEngine:
             slots = rows * max(self._slots(p) for p in policies)
             if self.device.type != "cpu":
                 target = "batched_mm" if slots <= self.controller.num_experts // 2 else None
-            elif slots <= self.controller.num_experts and self._expert_bytes >= ROUTED_MIN_BYTES and not self.compile:
+            elif (slots <= ROUTED_SLOTS_PER_EXPERT * self.controller.num_experts
+                  and self._expert_bytes >= ROUTED_MIN_BYTES and not self.compile):
                 target = ROUTED_ROWS  # not under compile: its per-layer host sync would split the graph
         switch = target is not None and target not in before.values()
         head = paired and self.decode_experts is None and not self.compile and head_suits(self.model, rows)
