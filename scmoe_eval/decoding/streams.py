@@ -127,11 +127,14 @@ class Stream:
         if other.model is not self.model:
             raise ValueError("streams of different models cannot share a batch")
         width = max(self.mask.shape[1], other.mask.shape[1])
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
-            if type(mine) is not DynamicLayer or type(theirs) is not DynamicLayer:
+        for i, (mine, theirs) in enumerate(zip(self.cache.layers, other.cache.layers)):
+            if type(mine) not in (DynamicLayer, RoomyLayer) or type(theirs) is not DynamicLayer:
                 raise NotImplementedError(f"continuous batching needs full-attention DynamicLayer caches, not {type(mine).__name__}")
-            mine.keys = torch.cat([_pad_left(mine.keys, width, -2), _pad_left(theirs.keys, width, -2)])
-            mine.values = torch.cat([_pad_left(mine.values, width, -2), _pad_left(theirs.values, width, -2)])
+            joined = RoomyLayer()
+            joined.lazy_initialization(mine.keys, mine.values)
+            joined.keys = torch.cat([_pad_left(mine.keys, width, -2), _pad_left(theirs.keys, width, -2)])
+            joined.values = torch.cat([_pad_left(mine.values, width, -2), _pad_left(theirs.values, width, -2)])
+            self.cache.layers[i] = joined
         self.mask = torch.cat([_pad_left(self.mask, width, -1), _pad_left(other.mask, width, -1)])
         self.next_pos = torch.cat([self.next_pos, other.next_pos])
         if (self.policies is None) != (other.policies is None):
@@ -155,6 +158,52 @@ class Stream:
         self.next_pos = self.next_pos.repeat_interleave(k, 0)
         if self.policies is not None:
             self.policies = tuple(p for p in self.policies for _ in range(k))
+
+
+class _Roomy:
+    """A layer's keys (or values): a view of the first columns of a buffer that may have spare columns on the
+    right. Assigning a tensor (row selection, trimming, extend) makes it the buffer, with no room yet."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, layer: Any, owner: type | None = None) -> Any:
+        return self if layer is None else getattr(layer, self.slot)[0]
+
+    def __set__(self, layer: Any, tensor: Tensor | None) -> None:
+        setattr(layer, self.slot, (tensor, tensor))  # (view, buffer)
+
+
+class RoomyLayer(DynamicLayer):
+    """A DynamicLayer whose decode steps write the new token into spare columns in place, where
+    DynamicLayer copies the whole layer (torch.cat: rows x length per step, the most in the full, wide
+    batches of continuous batching). The values equal DynamicLayer's; only where they are stored differs."""
+
+    keys = _Roomy()
+    values = _Roomy()
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        return self._append("_keys", key_states), self._append("_values", value_states)
+
+    def _append(self, slot: str, new: Tensor) -> Tensor:
+        """Write `new` (R, H, q, D) after the view's columns, moving into a buffer with room (a quarter
+        of the length, at least ROOM columns: amortised O(1) copies per token) when there is none."""
+        view, buffer = getattr(self, slot)
+        length, q = (view.shape[-2] if view.dim() == 4 else 0), new.shape[-2]
+        if buffer.dim() != 4 or buffer.shape[-2] < length + q:
+            room = max(ROOM, (length + q) // 4)
+            buffer = new.new_empty(*new.shape[:-2], length + q + room, new.shape[-1])
+            if length:
+                buffer[..., :length, :] = view
+        buffer[..., length : length + q, :] = new
+        view = buffer[..., : length + q, :]
+        setattr(self, slot, (view, buffer))
+        return view
+
+
+ROOM = 64  # spare columns a RoomyLayer adds at least when it grows
 
 
 def _pad_left(x: Tensor, width: int, dim: int) -> Tensor:
