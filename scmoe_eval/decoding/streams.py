@@ -118,29 +118,31 @@ class Stream:
         if self.policies is not None:
             self.policies = tuple(self.policies[r] for r in rows.tolist())
 
-    def extend(self, other: "Stream") -> None:
-        """Append `other`'s rows (same model; e.g. freshly prefilled prompts) to this batch and cache.
+    def extend(self, other: "Stream", rows: Tensor | None = None) -> None:
+        """Append `other`'s rows (all, or those indexed by `rows`; same model; e.g. freshly prefilled
+        prompts) to this batch and cache, which moves into RoomyLayers (in-place decode steps).
 
         The shorter of the two is left-padded (mask 0, zero keys and values) to the longer length;
         positions travel per row, so padding shifts nothing.
         """
         if other.model is not self.model:
             raise ValueError("streams of different models cannot share a batch")
+        pick: Any = slice(None) if rows is None else rows.to(self.device)
         width = max(self.mask.shape[1], other.mask.shape[1])
         for i, (mine, theirs) in enumerate(zip(self.cache.layers, other.cache.layers)):
             if type(mine) not in (DynamicLayer, RoomyLayer) or type(theirs) is not DynamicLayer:
                 raise NotImplementedError(f"continuous batching needs full-attention DynamicLayer caches, not {type(mine).__name__}")
             joined = RoomyLayer()
             joined.lazy_initialization(mine.keys, mine.values)
-            joined.keys = torch.cat([_pad_left(mine.keys, width, -2), _pad_left(theirs.keys, width, -2)])
-            joined.values = torch.cat([_pad_left(mine.values, width, -2), _pad_left(theirs.values, width, -2)])
+            joined.keys = torch.cat([_pad_left(mine.keys, width, -2), _pad_left(theirs.keys[pick], width, -2)])
+            joined.values = torch.cat([_pad_left(mine.values, width, -2), _pad_left(theirs.values[pick], width, -2)])
             self.cache.layers[i] = joined
-        self.mask = torch.cat([_pad_left(self.mask, width, -1), _pad_left(other.mask, width, -1)])
-        self.next_pos = torch.cat([self.next_pos, other.next_pos])
+        self.mask = torch.cat([_pad_left(self.mask, width, -1), _pad_left(other.mask[pick], width, -1)])
+        self.next_pos = torch.cat([self.next_pos, other.next_pos[pick]])
         if (self.policies is None) != (other.policies is None):
             raise ValueError("one stream is stock-routed and the other is not")
         if self.policies is not None:
-            self.policies = self.policies + other.policies
+            self.policies = self.policies + (other.policies if rows is None else tuple(other.policies[r] for r in rows.tolist()))
 
     def trim_left(self) -> None:
         """Drop leading positions that are padding in every row (left behind by rows that finished)."""
@@ -235,8 +237,8 @@ class PlainScorer:
     def select(self, rows: Tensor) -> None:
         self.stream.select(rows)
 
-    def extend(self, other: "PlainScorer") -> None:
-        self.stream.extend(other.stream)
+    def extend(self, other: "PlainScorer", rows: Tensor | None = None) -> None:
+        self.stream.extend(other.stream, rows)
 
     def trim_left(self) -> None:
         self.stream.trim_left()
@@ -262,13 +264,18 @@ class PairedScorer:
         return self._score(self.stream.logits(self.stream.step(tokens[:, None].expand(-1, 2).reshape(-1))))  # t0 t0 t1 t1
 
     def select(self, rows: Tensor) -> None:
-        self.stream.select(torch.stack([2 * rows, 2 * rows + 1], dim=1).flatten())
+        self.stream.select(_pairs(rows))
 
-    def extend(self, other: "PairedScorer") -> None:
-        self.stream.extend(other.stream)  # other's rows are pairs too, so pairs stay (2i, 2i+1)
+    def extend(self, other: "PairedScorer", rows: Tensor | None = None) -> None:
+        self.stream.extend(other.stream, None if rows is None else _pairs(rows))  # pairs stay (2i, 2i+1)
 
     def trim_left(self) -> None:
         self.stream.trim_left()
+
+
+def _pairs(rows: Tensor) -> Tensor:
+    """Prompt rows -> their (strong, weak) stream rows (2i, 2i+1)."""
+    return torch.stack([2 * rows, 2 * rows + 1], dim=1).flatten()
 
 
 class TwoStreamScorer:
@@ -294,9 +301,9 @@ class TwoStreamScorer:
         self.strong.select(rows)
         self.weak.select(rows)
 
-    def extend(self, other: "TwoStreamScorer") -> None:
-        self.strong.extend(other.strong)
-        self.weak.extend(other.weak)
+    def extend(self, other: "TwoStreamScorer", rows: Tensor | None = None) -> None:
+        self.strong.extend(other.strong, rows)
+        self.weak.extend(other.weak, rows)
 
     def trim_left(self) -> None:
         self.strong.trim_left()
