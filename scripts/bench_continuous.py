@@ -8,7 +8,7 @@ log-normal (median ~150 tokens) clipped to [40, 400] and forced by a per-item le
 interleave static/continuous; reports generated tokens/s (median) by wall clock and by this process's
 CPU time (less sensitive to other jobs on a shared machine), whether the token ids agree, and the
 decode forwards each mode ran: their ratio is what continuous would gain if a step cost the same
-whatever its rows and cache length.
+whatever its rows and cache length, and the prefill forwards.
 
   python scripts/bench_continuous.py            # CPU, 1 thread, fixture tiny, B 8 and 16, greedy and SCMoE
 """
@@ -49,15 +49,18 @@ def workload(items: int, seed: int) -> tuple[list[str], list[int]]:
     return prompts, lengths
 
 
-class DecodeSteps:
-    """Counts the model's decode forwards (one fed token per row; a prefill feeds the whole prompt)."""
+class Forwards:
+    """Counts the model's decode forwards (one fed token per row) and prefills (whole prompts)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.n = 0
+        self.steps = self.prefills = 0
         model.register_forward_pre_hook(self._count, with_kwargs=True)
 
     def _count(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        self.n += int(kwargs["input_ids"].shape[1] == 1)
+        if kwargs["input_ids"].shape[1] == 1:
+            self.steps += 1
+        else:
+            self.prefills += 1
 
 
 def main() -> None:
@@ -78,7 +81,7 @@ def main() -> None:
     prompts, lengths = workload(args.items, args.seed)
     total_tokens = sum(lengths)
     contrast = Contrast(RoutingPolicy.topk(2), RoutingPolicy.rank(2))
-    counter = DecodeSteps(loaded.model)
+    counter = Forwards(loaded.model)
     rows, summary = [], {}
     for method in args.methods:
         kw = dict(ban_eos=True, **({"contrast": contrast} if method == "scmoe" else {}))
@@ -97,14 +100,14 @@ def main() -> None:
                 fn(prompts[:batch], [8] * batch)
             wall: dict[str, list[float]] = {"static": [], "continuous": []}
             cpu: dict[str, list[float]] = {"static": [], "continuous": []}
-            ids, steps = {}, {}
+            ids, steps, prefills = {}, {}, {}
             for _ in range(args.rounds):
                 for mode, fn in modes:
-                    start, start_cpu, counter.n = time.perf_counter(), time.process_time(), 0
+                    start, start_cpu, counter.steps, counter.prefills = time.perf_counter(), time.process_time(), 0, 0
                     gens = fn(prompts, lengths)
                     wall[mode].append(time.perf_counter() - start)
                     cpu[mode].append(time.process_time() - start_cpu)
-                    ids[mode], steps[mode] = [g.token_ids for g in gens], counter.n
+                    ids[mode], steps[mode], prefills[mode] = [g.token_ids for g in gens], counter.steps, counter.prefills
             assert [len(t) for t in ids["static"]] == lengths
             tps = {m: total_tokens / statistics.median(v) for m, v in wall.items()}
             tps_cpu = {m: total_tokens / statistics.median(v) for m, v in cpu.items()}
@@ -113,6 +116,7 @@ def main() -> None:
                                 continuous_over_static=tps["continuous"] / tps["static"],
                                 continuous_over_static_cpu=tps_cpu["continuous"] / tps_cpu["static"],
                                 decode_steps=steps, step_bound=steps["static"] / steps["continuous"],
+                                prefill_forwards=prefills,
                                 same_tokens=ids["static"] == ids["continuous"])
             rows += [dict(method=method, batch=batch, mode=m, seconds_runs=[round(t, 3) for t in wall[m]],
                           cpu_seconds_runs=[round(t, 3) for t in cpu[m]]) for m in wall]

@@ -33,7 +33,7 @@ from scmoe_eval.decoding.traffic import expert_bytes, experts_modules
 from scmoe_eval.models.experts import ROUTED as ROUTED_ROWS
 
 ROUTED_MIN_BYTES = 1 << 20  # CPU: routed_rows only for experts of >= 1 MiB (smaller ones are overhead-bound)
-PREFILL_AHEAD = 4  # continuous batching prefills at least ceil(batch_size / PREFILL_AHEAD) waiting prompts at once
+PREFILL_AHEAD = 2  # continuous batching prefills at least ceil(batch_size / PREFILL_AHEAD) waiting prompts at once
 
 if TYPE_CHECKING:
     from scmoe_eval.models.loading import LoadedModel
