@@ -253,6 +253,9 @@ class DecodeEngine:
         """`generate` over many prompts with at most `batch_size` in flight: as rows finish, waiting
         prompts are prefilled and join the running batch and cache (left-padded to its length), so the
         batch stays full instead of running until its longest row ends. SCMoE rows join in pairs.
+        Prompts are prefilled a group at a time (at least ceil(batch_size / PREFILL_AHEAD)), ahead of
+        the slots that free up one by one: a prefill forward has a fixed cost, and a prompt's cache and
+        first scores do not change while it waits. The joined cache grows in place (RoomyLayer).
 
         Same results as `generate` per prompt (fp32: the same token ids as batch 1, tested); in bf16
         a row's padding differs with its batch companions, the same caveat as static batching.

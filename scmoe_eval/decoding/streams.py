@@ -8,7 +8,8 @@ fed tokens into (N, V) next-token scores:
   and ONE KV cache, so the weak prefill runs under weak routing too, as in the paper's code.
 - `TwoStreamScorer` (SCMoE two-pass, also contrastive decoding): two forwards per step, each with its own cache.
 Scorers also `select` rows (drop finished ones, fan a prompt out to samples) and `extend` by another
-scorer's rows (continuous batching admits prefilled prompts into the running batch).
+scorer's rows (continuous batching admits prefilled prompts into the running batch; the joined cache
+moves into `RoomyLayer`s, whose decode steps write in place).
 """
 
 from __future__ import annotations
@@ -162,6 +163,9 @@ class Stream:
             self.policies = tuple(p for p in self.policies for _ in range(k))
 
 
+ROOM = 64  # spare columns a RoomyLayer adds at least when it grows
+
+
 class _Roomy:
     """A layer's keys (or values): a view of the first columns of a buffer that may have spare columns on the
     right. Assigning a tensor (row selection, trimming, extend) makes it the buffer, with no room yet."""
@@ -203,9 +207,6 @@ class RoomyLayer(DynamicLayer):
         view = buffer[..., : length + q, :]
         setattr(self, slot, (view, buffer))
         return view
-
-
-ROOM = 64  # spare columns a RoomyLayer adds at least when it grows
 
 
 def _pad_left(x: Tensor, width: int, dim: int) -> Tensor:
