@@ -6,9 +6,10 @@ finish. The workload is GSM8K-shaped: `--items` questions, completion lengths dr
 log-normal (median ~150 tokens) clipped to [40, 400] and forced by a per-item length schedule
 (EOS banned, no stops), so both modes generate exactly the same tokens. After a warm-up, rounds
 interleave static/continuous; reports generated tokens/s (median) by wall clock and by this process's
-CPU time (less sensitive to other jobs on a shared machine), whether the token ids agree, and the
-decode forwards each mode ran: their ratio is what continuous would gain if a step cost the same
-whatever its rows and cache length, and the prefill forwards.
+CPU time (other jobs still slow it through shared caches), whether the token ids agree, and the
+decode forwards each mode ran (their ratio, step_bound, is what continuous would gain if a step cost
+the same whatever its rows and cache width), their mean rows and row-weighted cache width, and the
+prefill forwards.
 
   python scripts/bench_continuous.py            # CPU, 1 thread, fixture tiny, B 8 and 16, greedy and SCMoE
 """
@@ -50,17 +51,28 @@ def workload(items: int, seed: int) -> tuple[list[str], list[int]]:
 
 
 class Forwards:
-    """Counts the model's decode forwards (one fed token per row) and prefills (whole prompts)."""
+    """Counts the model's decode forwards (one fed token per row), with their rows and cache width
+    (attention runs over rows x width), and its prefills (whole prompts)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.steps = self.prefills = 0
+        self.reset()
         model.register_forward_pre_hook(self._count, with_kwargs=True)
 
+    def reset(self) -> None:
+        self.steps = self.prefills = self.rows = self.row_positions = 0
+
     def _count(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        if kwargs["input_ids"].shape[1] == 1:
-            self.steps += 1
-        else:
+        rows, fed = kwargs["input_ids"].shape
+        if fed > 1:
             self.prefills += 1
+            return
+        self.steps += 1
+        self.rows += rows
+        self.row_positions += rows * kwargs["attention_mask"].shape[1]
+
+    def profile(self) -> dict:
+        return dict(decode_steps=self.steps, prefill_forwards=self.prefills, mean_rows=self.rows / self.steps,
+                    mean_cache_width=self.row_positions / self.rows)
 
 
 def main() -> None:
@@ -100,14 +112,15 @@ def main() -> None:
                 fn(prompts, lengths)
             wall: dict[str, list[float]] = {"static": [], "continuous": []}
             cpu: dict[str, list[float]] = {"static": [], "continuous": []}
-            ids, steps, prefills = {}, {}, {}
+            ids, forwards = {}, {}
             for _ in range(args.rounds):
                 for mode, fn in modes:
-                    start, start_cpu, counter.steps, counter.prefills = time.perf_counter(), time.process_time(), 0, 0
+                    counter.reset()
+                    start, start_cpu = time.perf_counter(), time.process_time()
                     gens = fn(prompts, lengths)
                     wall[mode].append(time.perf_counter() - start)
                     cpu[mode].append(time.process_time() - start_cpu)
-                    ids[mode], steps[mode], prefills[mode] = [g.token_ids for g in gens], counter.steps, counter.prefills
+                    ids[mode], forwards[mode] = [g.token_ids for g in gens], counter.profile()
             assert [len(t) for t in ids["static"]] == lengths
             tps = {m: total_tokens / statistics.median(v) for m, v in wall.items()}
             tps_cpu = {m: total_tokens / statistics.median(v) for m, v in cpu.items()}
@@ -115,8 +128,8 @@ def main() -> None:
             summary[key] = dict(static_tokens_per_s=tps["static"], continuous_tokens_per_s=tps["continuous"],
                                 continuous_over_static=tps["continuous"] / tps["static"],
                                 continuous_over_static_cpu=tps_cpu["continuous"] / tps_cpu["static"],
-                                decode_steps=steps, step_bound=steps["static"] / steps["continuous"],
-                                prefill_forwards=prefills,
+                                step_bound=forwards["static"]["decode_steps"] / forwards["continuous"]["decode_steps"],
+                                forwards=forwards,
                                 same_tokens=ids["static"] == ids["continuous"])
             rows += [dict(method=method, batch=batch, mode=m, seconds_runs=[round(t, 3) for t in wall[m]],
                           cpu_seconds_runs=[round(t, 3) for t in cpu[m]]) for m in wall]
