@@ -333,7 +333,8 @@ class DecodeEngine:
         rows = torch.arange(len(ready.ids), device=ready.scores.device)
         scorer.extend(ready.scorer, rows[:k])
         ready.scorer.select(rows[k:])
-        return scorer, torch.cat([scores, ready.scores[:k]]), _Prefilled(ready.scorer, ready.scores[k:], ready.ids[k:]), joined
+        rest = _Prefilled(ready.scorer, ready.scores[k:], ready.ids[k:])
+        return scorer, torch.cat([scores, ready.scores[:k]]), rest, joined
 
     def _advance(
         self,

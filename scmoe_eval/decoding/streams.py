@@ -143,7 +143,8 @@ class Stream:
         if (self.policies is None) != (other.policies is None):
             raise ValueError("one stream is stock-routed and the other is not")
         if self.policies is not None:
-            self.policies = self.policies + (other.policies if rows is None else tuple(other.policies[r] for r in rows.tolist()))
+            joining = other.policies if rows is None else tuple(other.policies[r] for r in rows.tolist())
+            self.policies = self.policies + joining
 
     def trim_left(self) -> None:
         """Drop leading positions that are padding in every row (left behind by rows that finished)."""
