@@ -4,8 +4,12 @@ Static: prompts in fixed batches of B, each batch decoding until its longest row
 rows' slots sit empty). Continuous: at most B prompts in flight, waiting prompts admitted as rows
 finish. The workload is GSM8K-shaped: `--items` questions, completion lengths drawn from a
 log-normal (median ~150 tokens) clipped to [40, 400] and forced by a per-item length schedule
-(EOS banned, no stops), so both modes generate exactly the same tokens. Rounds interleave
-static/continuous; reports generated tokens/s (median) and whether the token ids agree.
+(EOS banned, no stops), so both modes generate exactly the same tokens. After a warm-up, rounds
+interleave static/continuous; reports generated tokens/s (median) by wall clock and by this process's
+CPU time (other jobs still slow it through shared caches), whether the token ids agree, and the
+decode forwards each mode ran (their ratio, step_bound, is what continuous would gain if a step cost
+the same whatever its rows and cache width), their mean rows and row-weighted cache width, and the
+prefill forwards.
 
   python scripts/bench_continuous.py            # CPU, 1 thread, fixture tiny, B 8 and 16, greedy and SCMoE
 """
@@ -46,13 +50,38 @@ def workload(items: int, seed: int) -> tuple[list[str], list[int]]:
     return prompts, lengths
 
 
+class Forwards:
+    """Counts the model's decode forwards (one fed token per row), with their rows and cache width
+    (attention runs over rows x width), and its prefills (whole prompts)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.reset()
+        model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def reset(self) -> None:
+        self.steps = self.prefills = self.rows = self.row_positions = 0
+
+    def _count(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        rows, fed = kwargs["input_ids"].shape
+        if fed > 1:
+            self.prefills += 1
+            return
+        self.steps += 1
+        self.rows += rows
+        self.row_positions += rows * kwargs["attention_mask"].shape[1]
+
+    def profile(self) -> dict:
+        return dict(decode_steps=self.steps, prefill_forwards=self.prefills, mean_rows=self.rows / self.steps,
+                    mean_cache_width=self.row_positions / self.rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=["tiny", "mid"], default="tiny")
     parser.add_argument("--items", type=int, default=64)
     parser.add_argument("--batch", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--methods", nargs="+", choices=["greedy", "scmoe"], default=["greedy", "scmoe"])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("results/bench/continuous.json"))
@@ -64,34 +93,46 @@ def main() -> None:
     prompts, lengths = workload(args.items, args.seed)
     total_tokens = sum(lengths)
     contrast = Contrast(RoutingPolicy.topk(2), RoutingPolicy.rank(2))
+    counter = Forwards(loaded.model)
     rows, summary = [], {}
     for method in args.methods:
         kw = dict(ban_eos=True, **({"contrast": contrast} if method == "scmoe" else {}))
         for batch in args.batch:
-            def static(batch=batch, kw=kw):
+            def static(prompts, lengths, batch=batch, kw=kw):
                 out = []
                 for s in range(0, len(prompts), batch):
                     out += engine.generate(prompts[s : s + batch], max_new_tokens=lengths[s : s + batch], **kw)
                 return out
 
-            def continuous(batch=batch, kw=kw):
+            def continuous(prompts, lengths, batch=batch, kw=kw):
                 return engine.generate_continuous(prompts, batch_size=batch, max_new_tokens=lengths, **kw)
 
-            times: dict[str, list[float]] = {"static": [], "continuous": []}
-            ids = {}
+            modes = (("static", static), ("continuous", continuous))
+            for _, fn in modes:  # warm-up, whole: the allocator's first rounds over these sizes are slower
+                fn(prompts, lengths)
+            wall: dict[str, list[float]] = {"static": [], "continuous": []}
+            cpu: dict[str, list[float]] = {"static": [], "continuous": []}
+            ids, forwards = {}, {}
             for _ in range(args.rounds):
-                for mode, fn in (("static", static), ("continuous", continuous)):
-                    start = time.perf_counter()
-                    gens = fn()
-                    times[mode].append(time.perf_counter() - start)
-                    ids[mode] = [g.token_ids for g in gens]
+                for mode, fn in modes:
+                    counter.reset()
+                    start, start_cpu = time.perf_counter(), time.process_time()
+                    gens = fn(prompts, lengths)
+                    wall[mode].append(time.perf_counter() - start)
+                    cpu[mode].append(time.process_time() - start_cpu)
+                    ids[mode], forwards[mode] = [g.token_ids for g in gens], counter.profile()
             assert [len(t) for t in ids["static"]] == lengths
-            tps = {m: total_tokens / statistics.median(v) for m, v in times.items()}
+            tps = {m: total_tokens / statistics.median(v) for m, v in wall.items()}
+            tps_cpu = {m: total_tokens / statistics.median(v) for m, v in cpu.items()}
             key = f"{method}/B{batch}"
             summary[key] = dict(static_tokens_per_s=tps["static"], continuous_tokens_per_s=tps["continuous"],
                                 continuous_over_static=tps["continuous"] / tps["static"],
+                                continuous_over_static_cpu=tps_cpu["continuous"] / tps_cpu["static"],
+                                step_bound=forwards["static"]["decode_steps"] / forwards["continuous"]["decode_steps"],
+                                forwards=forwards,
                                 same_tokens=ids["static"] == ids["continuous"])
-            rows += [dict(method=method, batch=batch, mode=m, seconds_runs=[round(t, 3) for t in v]) for m, v in times.items()]
+            rows += [dict(method=method, batch=batch, mode=m, seconds_runs=[round(t, 3) for t in wall[m]],
+                          cpu_seconds_runs=[round(t, 3) for t in cpu[m]]) for m in wall]
             print(key, json.dumps(summary[key]), flush=True)
     write_report(args.out, dict(
         **conditions(load_start),

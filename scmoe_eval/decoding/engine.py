@@ -38,6 +38,7 @@ from scmoe_eval.models.experts import ROUTED as ROUTED_ROWS
 
 ROUTED_MIN_BYTES = 1 << 20  # CPU: routed_rows only for experts of >= 1 MiB (smaller ones are overhead-bound)
 ROUTED_SLOTS_PER_EXPERT = 4  # CPU: ... and for <= 4E expert slots per step (beyond, grouped_mm was level or faster)
+PREFILL_AHEAD = 2  # continuous batching prefills at least ceil(batch_size / PREFILL_AHEAD) waiting prompts at once
 
 if TYPE_CHECKING:
     from scmoe_eval.models.loading import LoadedModel
@@ -63,6 +64,15 @@ class Generation:
             "stop": self.stop,
             "num_tokens": self.num_tokens,
         }
+
+
+@dataclass
+class _Prefilled:
+    """Prompts prefilled ahead of free slots (continuous batching): their scorer, first scores and indices."""
+
+    scorer: Scorer
+    scores: Tensor
+    ids: list[int]
 
 
 class DecodeEngine:
@@ -266,6 +276,9 @@ class DecodeEngine:
         """`generate` over many prompts with at most `batch_size` in flight: as rows finish, waiting
         prompts are prefilled and join the running batch and cache (left-padded to its length), so the
         batch stays full instead of running until its longest row ends. SCMoE rows join in pairs.
+        Prompts are prefilled a group at a time (at least ceil(batch_size / PREFILL_AHEAD)), ahead of
+        the slots that free up one by one: a prefill forward has a fixed cost, and a prompt's cache and
+        first scores do not change while it waits. The joined cache grows in place (RoomyLayer).
 
         Same results as `generate` per prompt (fp32: the same token ids as batch 1, tested); in bf16
         a row's padding differs with its batch companions, the same caveat as static batching.
@@ -292,19 +305,21 @@ class DecodeEngine:
         waiting, live = deque(range(n)), []
         scorer: Scorer | None = None
         scores = None
+        ready: _Prefilled | None = None
+        group = -(-batch_size // PREFILL_AHEAD)
         with self.controller.use(None), ExitStack() as kernels:
-            while waiting or live:
-                if waiting and len(live) < batch_size:  # admit: prefill under the model's own kernels
-                    kernels.close()
-                    new = [waiting.popleft() for _ in range(min(batch_size - len(live), len(waiting)))]
-                    joining = self._scorer(len(new), routing, contrast, two_pass, None, ban)
-                    new_scores = joining.prefill(*self.encode([prompts[i] for i in new]))
-                    if scorer is None:
-                        scorer, scores = joining, new_scores
-                    else:
-                        scorer.extend(joining)
-                        scores = torch.cat([scores, new_scores])
-                    live += new
+            while waiting or ready or live:
+                prefilled = False
+                while len(live) < batch_size and (ready or waiting):
+                    if ready is None:  # prefill under the model's own kernels, a group ahead of the free slots
+                        kernels.close()
+                        new = [waiting.popleft() for _ in range(min(max(batch_size - len(live), group), len(waiting)))]
+                        joining = self._scorer(len(new), routing, contrast, two_pass, None, ban)
+                        ready = _Prefilled(joining, joining.prefill(*self.encode([prompts[i] for i in new])), new)
+                        prefilled = True
+                    scorer, scores, ready, joined = self._admit(scorer, scores, ready, batch_size - len(live))
+                    live += joined
+                if prefilled:
                     kernels.enter_context(self._decode_kernels(rows, policies, paired))
                 before = len(live)
                 stepped = live
@@ -321,6 +336,28 @@ class DecodeEngine:
                     scorer.trim_left()
         assert all(gen is not None for gen in out), "the loop ends only when every row has finished"
         return out  # type: ignore[return-value]
+
+    @staticmethod
+    def _admit(scorer: Scorer | None, scores: Tensor | None, ready: "_Prefilled",
+               free: int) -> tuple[Scorer, Tensor, "_Prefilled | None", list[int]]:
+        """Move the first `free` prefilled prompts into the running batch (when none runs, they start it).
+
+        Returns the batch's scorer and scores, the prompts still waiting prefilled (None when none)
+        and the indices of those admitted.
+        """
+        k = min(free, len(ready.ids))
+        joined = ready.ids[:k]
+        if k == len(ready.ids):
+            if scorer is None:
+                return ready.scorer, ready.scores, None, joined
+            scorer.extend(ready.scorer)
+            return scorer, torch.cat([scores, ready.scores]), None, joined
+        assert scorer is not None, "a prefill group never outnumbers the slots of an empty batch"
+        rows = torch.arange(len(ready.ids), device=ready.scores.device)
+        scorer.extend(ready.scorer, rows[:k])
+        ready.scorer.select(rows[k:])
+        rest = _Prefilled(ready.scorer, ready.scores[k:], ready.ids[k:])
+        return scorer, torch.cat([scores, ready.scores[:k]]), rest, joined
 
     def _advance(
         self,

@@ -8,7 +8,8 @@ fed tokens into (N, V) next-token scores:
   and ONE KV cache, so the weak prefill runs under weak routing too, as in the paper's code.
 - `TwoStreamScorer` (SCMoE two-pass, also contrastive decoding): two forwards per step, each with its own cache.
 Scorers also `select` rows (drop finished ones, fan a prompt out to samples) and `extend` by another
-scorer's rows (continuous batching admits prefilled prompts into the running batch).
+scorer's rows (continuous batching admits prefilled prompts into the running batch; the joined cache
+moves into `RoomyLayer`s, whose decode steps write in place).
 """
 
 from __future__ import annotations
@@ -119,26 +120,32 @@ class Stream:
         if self.policies is not None:
             self.policies = tuple(self.policies[r] for r in rows.tolist())
 
-    def extend(self, other: "Stream") -> None:
-        """Append `other`'s rows (same model; e.g. freshly prefilled prompts) to this batch and cache.
+    def extend(self, other: "Stream", rows: Tensor | None = None) -> None:
+        """Append `other`'s rows (all, or those indexed by `rows`; same model; e.g. freshly prefilled
+        prompts) to this batch and cache, which moves into RoomyLayers (in-place decode steps).
 
         The shorter of the two is left-padded (mask 0, zero keys and values) to the longer length;
         positions travel per row, so padding shifts nothing.
         """
         if other.model is not self.model:
             raise ValueError("streams of different models cannot share a batch")
+        pick: Any = slice(None) if rows is None else rows.to(self.device)
         width = max(self.mask.shape[1], other.mask.shape[1])
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
-            if type(mine) is not DynamicLayer or type(theirs) is not DynamicLayer:
+        for i, (mine, theirs) in enumerate(zip(self.cache.layers, other.cache.layers)):
+            if type(mine) not in (DynamicLayer, RoomyLayer) or type(theirs) is not DynamicLayer:
                 raise NotImplementedError(f"continuous batching needs full-attention DynamicLayer caches, not {type(mine).__name__}")
-            mine.keys = torch.cat([_pad_left(mine.keys, width, -2), _pad_left(theirs.keys, width, -2)])
-            mine.values = torch.cat([_pad_left(mine.values, width, -2), _pad_left(theirs.values, width, -2)])
-        self.mask = torch.cat([_pad_left(self.mask, width, -1), _pad_left(other.mask, width, -1)])
-        self.next_pos = torch.cat([self.next_pos, other.next_pos])
+            joined = RoomyLayer()
+            joined.lazy_initialization(mine.keys, mine.values)
+            joined.keys = torch.cat([_pad_left(mine.keys, width, -2), _pad_left(theirs.keys[pick], width, -2)])
+            joined.values = torch.cat([_pad_left(mine.values, width, -2), _pad_left(theirs.values[pick], width, -2)])
+            self.cache.layers[i] = joined
+        self.mask = torch.cat([_pad_left(self.mask, width, -1), _pad_left(other.mask[pick], width, -1)])
+        self.next_pos = torch.cat([self.next_pos, other.next_pos[pick]])
         if (self.policies is None) != (other.policies is None):
             raise ValueError("one stream is stock-routed and the other is not")
         if self.policies is not None:
-            self.policies = self.policies + other.policies
+            joining = other.policies if rows is None else tuple(other.policies[r] for r in rows.tolist())
+            self.policies = self.policies + joining
 
     def trim_left(self) -> None:
         """Drop leading positions that are padding in every row (left behind by rows that finished)."""
@@ -156,6 +163,52 @@ class Stream:
         self.next_pos = self.next_pos.repeat_interleave(k, 0)
         if self.policies is not None:
             self.policies = tuple(p for p in self.policies for _ in range(k))
+
+
+ROOM = 64  # spare columns a RoomyLayer adds at least when it grows
+
+
+class _Roomy:
+    """A layer's keys (or values): a view of the first columns of a buffer that may have spare columns on the
+    right. Assigning a tensor (row selection, trimming, extend) makes it the buffer, with no room yet."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, layer: Any, owner: type | None = None) -> Any:
+        return self if layer is None else getattr(layer, self.slot)[0]
+
+    def __set__(self, layer: Any, tensor: Tensor | None) -> None:
+        setattr(layer, self.slot, (tensor, tensor))  # (view, buffer)
+
+
+class RoomyLayer(DynamicLayer):
+    """A DynamicLayer whose decode steps write the new token into spare columns in place, where
+    DynamicLayer copies the whole layer (torch.cat: rows x length per step, the most in the full, wide
+    batches of continuous batching). The values equal DynamicLayer's; only where they are stored differs."""
+
+    keys = _Roomy()
+    values = _Roomy()
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        return self._append("_keys", key_states), self._append("_values", value_states)
+
+    def _append(self, slot: str, new: Tensor) -> Tensor:
+        """Write `new` (R, H, q, D) after the view's columns, moving into a buffer with room (a quarter
+        of the length, at least ROOM columns: amortised O(1) copies per token) when there is none."""
+        view, buffer = getattr(self, slot)
+        length, q = (view.shape[-2] if view.dim() == 4 else 0), new.shape[-2]
+        if buffer.dim() != 4 or buffer.shape[-2] < length + q:
+            room = max(ROOM, (length + q) // 4)
+            buffer = new.new_empty(*new.shape[:-2], length + q + room, new.shape[-1])
+            if length:
+                buffer[..., :length, :] = view
+        buffer[..., length : length + q, :] = new
+        view = buffer[..., : length + q, :]
+        setattr(self, slot, (view, buffer))
+        return view
 
 
 def _pad_left(x: Tensor, width: int, dim: int) -> Tensor:
@@ -191,8 +244,8 @@ class PlainScorer:
     def select(self, rows: Tensor) -> None:
         self.stream.select(rows)
 
-    def extend(self, other: "PlainScorer") -> None:
-        self.stream.extend(other.stream)
+    def extend(self, other: "PlainScorer", rows: Tensor | None = None) -> None:
+        self.stream.extend(other.stream, rows)
 
     def trim_left(self) -> None:
         self.stream.trim_left()
@@ -219,13 +272,18 @@ class PairedScorer:
         return self._score(self.stream.logits(self.stream.step(tokens[:, None].expand(-1, 2).reshape(-1))))  # t0 t0 t1 t1
 
     def select(self, rows: Tensor) -> None:
-        self.stream.select(torch.stack([2 * rows, 2 * rows + 1], dim=1).flatten())
+        self.stream.select(_pairs(rows))
 
-    def extend(self, other: "PairedScorer") -> None:
-        self.stream.extend(other.stream)  # other's rows are pairs too, so pairs stay (2i, 2i+1)
+    def extend(self, other: "PairedScorer", rows: Tensor | None = None) -> None:
+        self.stream.extend(other.stream, None if rows is None else _pairs(rows))  # pairs stay (2i, 2i+1)
 
     def trim_left(self) -> None:
         self.stream.trim_left()
+
+
+def _pairs(rows: Tensor) -> Tensor:
+    """Prompt rows -> their (strong, weak) stream rows (2i, 2i+1)."""
+    return torch.stack([2 * rows, 2 * rows + 1], dim=1).flatten()
 
 
 class TwoStreamScorer:
@@ -251,9 +309,9 @@ class TwoStreamScorer:
         self.strong.select(rows)
         self.weak.select(rows)
 
-    def extend(self, other: "TwoStreamScorer") -> None:
-        self.strong.extend(other.strong)
-        self.weak.extend(other.weak)
+    def extend(self, other: "TwoStreamScorer", rows: Tensor | None = None) -> None:
+        self.strong.extend(other.strong, rows)
+        self.weak.extend(other.weak, rows)
 
     def trim_left(self) -> None:
         self.strong.trim_left()
