@@ -108,7 +108,7 @@ def main() -> None:
                 return engine.generate_continuous(prompts, batch_size=batch, max_new_tokens=lengths, **kw)
 
             modes = (("static", static), ("continuous", continuous))
-            for _, fn in modes:  # warm-up, whole: the allocator's first rounds over these sizes are slower
+            for _, fn in modes:  # warm-up, whole: after a short one, the first timed rounds ran slower (9.8, 9.0, 7.8 s)
                 fn(prompts, lengths)
             wall: dict[str, list[float]] = {"static": [], "continuous": []}
             cpu: dict[str, list[float]] = {"static": [], "continuous": []}
