@@ -63,6 +63,14 @@ def tiny_mixtral(tiny_mixtral_path: Path):
 
 
 @pytest.fixture(scope="module")
+def engine(tiny_mixtral):
+    """A DecodeEngine over the tiny Mixtral, one per test module."""
+    from scmoe_eval.decoding.engine import DecodeEngine
+
+    return DecodeEngine(tiny_mixtral)
+
+
+@pytest.fixture(scope="module")
 def one_thread():
     """Bit-exactness tests compare GEMMs: pin torch to one intra-op thread for the module."""
     import torch

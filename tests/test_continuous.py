@@ -16,19 +16,10 @@ from scmoe_eval.decoding.sampler import SamplingParams
 from scmoe_eval.decoding.streams import ROOM, RoomyLayer, Stream
 from scmoe_eval.models.routing import RoutingPolicy
 
-PROMPTS = [
-    "Question: There are 15 trees in the grove. How many trees?\nAnswer:",
-    "def f(x):",
-    "The quick brown fox",
-    "12 + 30 = 42. 7 * 8 =",
-    "Numbers: 0 1 2 3",
-]
-SCMOE = Contrast(RoutingPolicy.topk(2), RoutingPolicy.rank(2), alpha=0.1, beta=0.5)
+PROMPTS = ["Q: Olivia has $23. She bought five bagels for $3 each. How much is left?\nA:", "import math\n",
+           "It was the best of times", "2 ** 10 =", "Do hamsters provide food for any animals?"]  # 5 lengths
+SCMOE = Contrast(RoutingPolicy.topk(2), RoutingPolicy.rank(2))  # alpha 0.1, beta 0.5
 
-
-@pytest.fixture(scope="module")
-def engine(tiny_mixtral) -> DecodeEngine:
-    return DecodeEngine(tiny_mixtral)
 
 
 def _roomy(stream: Stream) -> None:

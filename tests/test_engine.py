@@ -25,10 +25,6 @@ PROMPTS = [
 SCMOE = Contrast(RoutingPolicy.topk(2), RoutingPolicy.rank(2), alpha=0.1, beta=0.5)
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_mixtral) -> DecodeEngine:
-    return DecodeEngine(tiny_mixtral)
-
 
 def test_prompts_are_left_padded_with_bos(engine: DecodeEngine) -> None:
     ids, mask = engine.encode(PROMPTS)
