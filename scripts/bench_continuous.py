@@ -18,18 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
-from bench_json import conditions, write_report
+from bench_json import begin, conditions, cpu_args, fixture_engine, write_report
 
-from scmoe_eval.config import ModelConfig
-from scmoe_eval.decoding.engine import Contrast, DecodeEngine
-from scmoe_eval.models.fixtures import fixture_path
-from scmoe_eval.models.loading import load_model
+from scmoe_eval.decoding.engine import Contrast
 from scmoe_eval.models.routing import RoutingPolicy
 
 QUESTIONS = (
@@ -83,17 +78,14 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=["greedy", "scmoe"], default=["greedy", "scmoe"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("results/bench/continuous.json"))
+    cpu_args(parser, "results/bench/continuous.json")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    load_start = os.getloadavg()
-    loaded = load_model(ModelConfig(path=str(fixture_path("mixtral", args.size)), dtype="float32", device="cpu"))
-    engine = DecodeEngine(loaded)
+    load_start = begin(args)
+    engine = fixture_engine(args.size)
     prompts, lengths = workload(args.items, args.seed)
     total_tokens = sum(lengths)
     contrast = Contrast(RoutingPolicy.topk(2), RoutingPolicy.rank(2))
-    counter = Forwards(loaded.model)
+    counter = Forwards(engine.model)
     rows, summary = [], {}
     for method in args.methods:
         kw = dict(ban_eos=True, **({"contrast": contrast} if method == "scmoe" else {}))

@@ -13,20 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
-from bench_json import conditions, write_report
+from bench_json import begin, conditions, cpu_args, fixture_engine, write_report
 
-from scmoe_eval.config import ModelConfig, StrategyConfig
-from scmoe_eval.decoding.engine import DecodeEngine
+from scmoe_eval.config import StrategyConfig
 from scmoe_eval.decoding.strategies import build_strategy
-from scmoe_eval.models.fixtures import fixture_path
-from scmoe_eval.models.loading import load_model
 
 SHOT = ("Question: Olivia has $23. She bought five bagels for $3 each. How much money does she have left?\n"
         "Answer: 5 bagels for $3 each will be 5 x 3 = 15 dollars. 23 - 15 is 8. The answer is 8.\n\n")
@@ -48,15 +43,12 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--inner", nargs="+", default=["sample", "scmoe-sample"])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("results/bench/self_consistency.json"))
+    cpu_args(parser, "results/bench/self_consistency.json")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    load_start = os.getloadavg()
-    loaded = load_model(ModelConfig(path=str(fixture_path("mixtral", args.size)), dtype="float32", device="cpu"))
-    engine = DecodeEngine(loaded)
-    prompt = long_prompt(loaded.tokenizer, args.prompt_tokens)
-    prompt_tokens = len(loaded.tokenizer(prompt)["input_ids"])
+    load_start = begin(args)
+    engine = fixture_engine(args.size)
+    prompt = long_prompt(engine.tokenizer, args.prompt_tokens)
+    prompt_tokens = len(engine.tokenizer(prompt)["input_ids"])
     rows, summary = [], {}
     with torch.inference_mode():
         for inner in args.inner:

@@ -11,14 +11,12 @@ interleaved per round, medians in ms. A weight-streaming kernel would cost about
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_json import conditions, write_report
+from bench_json import begin, conditions, cpu_args, write_report
 
 SHAPES = {"lm_head": (32000, 512), "expert_gate_up": (3584, 512), "expert_down": (512, 1792), "attn_q": (512, 512)}
 
@@ -27,11 +25,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 3, 4, 8, 16])
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("results/bench/cpu_small_gemm.json"))
+    cpu_args(parser, "results/bench/cpu_small_gemm.json")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    load_start = os.getloadavg()
+    load_start = begin(args)
     g = torch.Generator().manual_seed(0)
     results = {}
     for name, (out_dim, in_dim) in SHAPES.items():
