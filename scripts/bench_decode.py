@@ -29,18 +29,21 @@ from typing import Callable
 import torch
 import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import AutoModelForCausalLM, AutoTokenizer, MixtralConfig, MixtralForCausalLM, PreTrainedTokenizerFast
+from transformers import (AutoModelForCausalLM, AutoTokenizer, DynamicCache, MixtralConfig, MixtralForCausalLM,
+                          PreTrainedTokenizerFast)
 from transformers.models.mixtral.modeling_mixtral import MixtralRotaryEmbedding
 
+from scmoe_eval.decoding import streams
 from scmoe_eval.decoding.engine import Contrast, DecodeEngine
 from scmoe_eval.decoding.traffic import TrafficCounter, floor_ratio
 from scmoe_eval.models.loading import LoadedModel
 from scmoe_eval.models.routing import RoutingController, RoutingPolicy
 
 METHODS = ("hf_generate", "greedy", "scmoe_batched", "scmoe_two_pass", "greedy_grouped_mm", "scmoe_grouped_mm",
-           "greedy_compiled", "scmoe_compiled")
+           "greedy_compiled", "scmoe_compiled", "greedy_stock_cache", "scmoe_stock_cache")
 DEFAULT_METHODS = METHODS[:4]  # *_grouped_mm: the engine's CPU decode path before routed_rows (for before/after)
 # *_compiled: DecodeEngine(compile=True), static cache + torch.compile (CUDA graphs on a GPU); the warm-up run compiles
+# *_stock_cache: the eager path over transformers' DynamicCache (torch.cat per step), the Stream cache before RoomyLayer
 # The paper's code on the mid32k shape (issue 9, CPU fp32, 1 thread, batch 1): greedy 62.8, SCMoE 112.0 ms/token,
 # against HF generate 60.2 and our greedy 60.3 in the same run.
 PAPER_CODE_MID = dict(greedy=62.8, scmoe=112.0, hf_generate=60.2, our_greedy=60.3)
@@ -166,6 +169,9 @@ def runner(subject: Subject, method: str, texts: list[str], new_tokens: int) -> 
         engine = DecodeEngine(subject.loaded, decode_experts=subject.engine.decode_experts, compile=True)
         method = "scmoe_batched" if method == "scmoe_compiled" else "greedy"
     contrast = Contrast(RoutingPolicy.topk(2), RoutingPolicy.rank(2), alpha=0.1, beta=0.5)
+    if method.endswith("_stock_cache"):
+        inner = runner(subject, method.replace("_stock_cache", "").replace("scmoe", "scmoe_batched"), texts, new_tokens)
+        return lambda: _with_stock_cache(inner)
     if method == "hf_generate":
         ids, mask = engine.encode(texts)
         return lambda: model.generate(
@@ -181,6 +187,16 @@ def runner(subject: Subject, method: str, texts: list[str], new_tokens: int) -> 
         return lambda: [g.token_ids for g in engine.generate(texts, **kwargs)]
     two_pass = method == "scmoe_two_pass"
     return lambda: [g.token_ids for g in engine.generate(texts, contrast=contrast, two_pass=two_pass, **kwargs)]
+
+
+def _with_stock_cache(fn: Callable[[], list[list[int]]]) -> list[list[int]]:
+    """Run `fn` with Streams over transformers' stock DynamicCache (a benchmark-only swap of the factory)."""
+    saved = streams.roomy_cache
+    streams.roomy_cache = lambda config: DynamicCache(config=config)
+    try:
+        return fn()
+    finally:
+        streams.roomy_cache = saved
 
 
 def _sync(device: str) -> None:
@@ -211,7 +227,8 @@ def bench_subject(subject: Subject, batches: list[int], args: argparse.Namespace
         firsts = {m: runner(subject, m, texts, 1) for m in args.methods}  # prefill + first token only
         warm = {m: fn() for m, fn in fns.items()}  # warm-up: allocator, kernels, lazy inits
         pairs = dict(greedy_vs_hf=("greedy", "hf_generate"), batched_vs_two_pass=("scmoe_batched", "scmoe_two_pass"),
-                     greedy_compiled_vs_eager=("greedy_compiled", "greedy"), scmoe_compiled_vs_eager=("scmoe_compiled", "scmoe_batched"))
+                     greedy_compiled_vs_eager=("greedy_compiled", "greedy"), scmoe_compiled_vs_eager=("scmoe_compiled", "scmoe_batched"),
+                     greedy_vs_stock_cache=("greedy", "greedy_stock_cache"), scmoe_vs_stock_cache=("scmoe_batched", "scmoe_stock_cache"))
         agree = {name: same_rows(warm[a], warm[b]) for name, (a, b) in pairs.items() if a in warm and b in warm}
         times: dict[str, list[float]] = {m: [] for m in args.methods}
         first: dict[str, list[float]] = {m: [] for m in args.methods}
@@ -291,6 +308,8 @@ def summarize(rows: list[dict], subjects: list[Subject], args: argparse.Namespac
             ratios.update(greedy_compiled_over_eager=("greedy_compiled", "greedy"),
                           scmoe_compiled_over_eager=("scmoe_compiled", "scmoe_batched"),
                           scmoe_compiled_over_greedy_compiled=("scmoe_compiled", "greedy_compiled"))
+            ratios.update(greedy_over_stock_cache=("greedy", "greedy_stock_cache"), scmoe_over_stock_cache=("scmoe_batched", "scmoe_stock_cache"),
+                          stock_cache_scmoe_over_greedy=("scmoe_stock_cache", "greedy_stock_cache"))
             entry = {name: ms[a] / ms[c] for name, (a, c) in ratios.items() if a in ms and c in ms}
             entry |= {f"decode_step_{name}": step[a] / step[c] for name, (a, c) in ratios.items() if a in ms and c in ms}
             traffic = {m: by[(s.name, b, m)].get("traffic") for m in ("greedy", "scmoe_batched") if m in ms}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from scmoe_eval.decoding import engine as engine_module
@@ -21,25 +22,16 @@ PROMPTS = ["Q: Olivia has $23. She bought five bagels for $3 each. How much is l
 SCMOE = Contrast(RoutingPolicy.topk(2), RoutingPolicy.rank(2))  # alpha 0.1, beta 0.5
 
 
-
-def _roomy(stream: Stream) -> None:
-    """Move a prefilled stream's cache into RoomyLayers holding the same tensors."""
-    for i, layer in enumerate(stream.cache.layers):
-        roomy = RoomyLayer()
-        roomy.lazy_initialization(layer.keys, layer.values)
-        roomy.keys, roomy.values = layer.keys, layer.values
-        stream.cache.layers[i] = roomy
-
-
 @torch.inference_mode()
 def test_roomy_layer_decodes_bitwise_as_dynamic_layer(engine: DecodeEngine) -> None:
-    """In-place writes into spare columns (growing past ROOM, after a row selection and a left trim)
-    give the very logits and keys of DynamicLayer's torch.cat, at every step."""
+    """A Stream's RoomyLayers (the default cache) write into spare columns in place (growing past ROOM,
+    after a row selection and a left trim) and give the very logits and keys of transformers' stock
+    DynamicCache (torch.cat per step), at every step."""
     ids, mask = engine.encode(PROMPTS[:3])
     plain, roomy = Stream(engine.model), Stream(engine.model)
+    plain.cache = DynamicCache(config=engine.model.config)
     first = plain.logits(plain.prefill(ids, mask))
     assert torch.equal(first, roomy.logits(roomy.prefill(ids, mask)))
-    _roomy(roomy)
     tokens = first.argmax(-1)
     for step in range(ROOM + 20):
         if step == 10:  # the longest prompt leaves: its leading columns are padding in every row
@@ -103,3 +95,17 @@ def test_prompts_prefilled_ahead_decode_as_alone(engine: DecodeEngine, monkeypat
     streams = 2 if kwargs.get("two_pass") else 1
     assert sum(prefills) == len(PROMPTS) * per_prompt * streams, "every prompt prefilled once"
     assert len(prefills) < 4 * streams, "one prefill per admission would take 4 (2, then 1, 1, 1)"
+
+
+def test_roomy_cache_keeps_the_family_layers_it_does_not_know() -> None:
+    """Only full-attention DynamicLayers become RoomyLayers: a sliding-window layer (which drops old
+    columns itself) stays transformers' own."""
+    from transformers import MixtralConfig
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    from scmoe_eval.decoding.streams import roomy_cache
+
+    full = roomy_cache(MixtralConfig(num_hidden_layers=3))
+    assert [type(layer) for layer in full.layers] == [RoomyLayer] * 3
+    sliding = roomy_cache(MixtralConfig(num_hidden_layers=2, sliding_window=16))
+    assert [type(layer) for layer in sliding.layers] == [DynamicSlidingWindowLayer] * 2

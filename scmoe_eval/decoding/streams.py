@@ -65,7 +65,7 @@ class Stream:
         self.policies = None if policies is None else tuple(policies)  # one per row; None = stock for all rows
         self.device = model.get_input_embeddings().weight.device
         self.out_device = out_device if out_device is not None else self.device
-        self.cache = DynamicCache(config=model.config)
+        self.cache = roomy_cache(model.config)
         self.mask: Tensor | None = None  # (R, T) 1 = real token
         self.next_pos: Tensor | None = None  # (R, 1)
 
@@ -132,7 +132,7 @@ class Stream:
         pick: Any = slice(None) if rows is None else rows.to(self.device)
         width = max(self.mask.shape[1], other.mask.shape[1])
         for i, (mine, theirs) in enumerate(zip(self.cache.layers, other.cache.layers)):
-            if type(mine) not in (DynamicLayer, RoomyLayer) or type(theirs) is not DynamicLayer:
+            if type(mine) not in (DynamicLayer, RoomyLayer) or type(theirs) not in (DynamicLayer, RoomyLayer):
                 raise NotImplementedError(f"continuous batching needs full-attention DynamicLayer caches, not {type(mine).__name__}")
             joined = RoomyLayer()
             joined.lazy_initialization(mine.keys, mine.values)
@@ -209,6 +209,16 @@ class RoomyLayer(DynamicLayer):
         view = buffer[..., : length + q, :]
         setattr(self, slot, (view, buffer))
         return view
+
+
+def roomy_cache(config: Any) -> DynamicCache:
+    """transformers' DynamicCache for `config`, its full-attention layers RoomyLayers (in-place decode
+    steps); sliding-window, linear-attention and SSM layers stay the family's own."""
+    cache = DynamicCache(config=config)
+    cache.layers = [RoomyLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:  # layers created lazily
+        cache.layer_class_to_replicate = RoomyLayer
+    return cache
 
 
 def _pad_left(x: Tensor, width: int, dim: int) -> Tensor:
