@@ -43,3 +43,16 @@ def test_gpu_bench_script_calls_only_existing_flags():
     choices = re.search(r"--methods \{([a-z_,]+)\}", help_text.replace("\n", "")).group(1).split(",")
     assert {"greedy_compiled", "scmoe_compiled"} <= methods <= set(choices), methods - set(choices)
     assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "gpu_bench.sh")]).returncode == 0
+
+
+def test_bench_cache_runs_and_both_layouts_agree(tmp_path):
+    """bench_cache.py on the tiny fixture: the RoomyLayer and stock-cache scorers give the same
+    scores at every step (greedy and SCMoE), and the JSON has per-step times for both."""
+    out = tmp_path / "cache.json"
+    done = _run(["scripts/bench_cache.py", "--size", "tiny", "--batch", "2", "--prompt-len", "40", "--steps", "70",
+                 "--out", str(out)], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(out.read_text())["summary"]
+    assert set(summary) == {"greedy/B2", "scmoe/B2"}
+    for row in summary.values():
+        assert row["same_scores"] is True and len(row["step_ms"]["roomy"]) == len(row["step_ms"]["stock"]) == 70
