@@ -3,7 +3,8 @@
 Per family, on a tiny random model: default and topk(own k) bit-exact with stock transformers (also
 recomputed from the logits, not passed through), rank(2) one expert at weight 1, rank(1) from the router
 output equal to the recomputed one, a mixed-policy batch equal to separate runs, and batched SCMoE equal
-to two-pass SCMoE over 32 greedy steps on 2 left-padded prompts through the engine.
+to two-pass SCMoE over 32 greedy steps on 2 left-padded prompts through the engine (one prompt ending half
+way), and a row leaving a greedy batch half way changing no tokens of the other.
 """
 
 from __future__ import annotations

@@ -114,7 +114,8 @@ class Stream:
     def select(self, rows: Tensor) -> None:
         """Keep only `rows` (indices into the current rows, repeats allowed) in the batch and the cache."""
         rows = rows.to(self.device)
-        self.cache.batch_select_indices(rows)
+        self.cache.reorder_cache(rows)  # every layer kind's rows: KV, and linear-attention / SSM states, which
+        # batch_select_indices misses (AttributeError, or only the KV half of a hybrid layer)
         self.mask = self.mask[rows]
         self.next_pos = self.next_pos[rows]
         if self.policies is not None:
@@ -158,7 +159,7 @@ class Stream:
 
     def repeat(self, k: int) -> None:
         """Row r becomes rows r*k .. r*k+k-1 (same cache, mask and positions)."""
-        self.cache.batch_repeat_interleave(k)
+        self.cache.reorder_cache(torch.arange(self.mask.shape[0], device=self.device).repeat_interleave(k))
         self.mask = self.mask.repeat_interleave(k, 0)
         self.next_pos = self.next_pos.repeat_interleave(k, 0)
         if self.policies is not None:

@@ -129,9 +129,10 @@ def render(rows: list[Row]) -> str:
         "equivalence core passes on its tiny model (`tests/test_census.py`): `default` and `topk(own k)` are "
         "bit-exact with stock transformers (recomputed from the router logits, not just passed through), rows "
         "with different policies in one batch equal separate runs, `rank(k)` picks the k-th expert at weight 1, "
-        "and batched SCMoE equals two-pass SCMoE over 32 greedy steps on 2 left-padded prompts (which also "
-        "exercises the family's decode cache, hybrid SSM / linear-attention states included, through the "
-        "engine's row dropping). `tests/test_families_matrix.py` runs the full policy matrix on one family per "
+        "batched SCMoE equals two-pass SCMoE over 32 greedy steps on 2 left-padded prompts, one of which ends "
+        "half way, and a row leaving a greedy batch half way leaves the other row's tokens as they were (so the "
+        "engine's row dropping goes through the family's whole decode cache, hybrid SSM / linear-attention "
+        "states included). `tests/test_families_matrix.py` runs the full policy matrix on one family per "
         "router kind.",
         "",
         "## Router kinds",
@@ -246,13 +247,18 @@ def check_family(module: str, steps: int = 32) -> list[str]:
             if not torch.allclose(model(input_ids=ids).logits, rank1, rtol=0, atol=1e-5):
                 failures.append("rank(1) from the router's output differs from the recomputed rank(1)")
     engine = DecodeEngine(loaded)
+    limits = [steps, steps // 2]  # the second row leaves the batch (and every cache layer) half way
     contrast = Contrast(strong=P.default(), weak=P.rank(2))
-    kwargs = dict(max_new_tokens=steps, contrast=contrast, ban_eos=True)
+    kwargs = dict(max_new_tokens=limits, contrast=contrast, ban_eos=True)
     batched = engine.generate(list(PROMPTS), two_pass=False, **kwargs)
     two_pass = engine.generate(list(PROMPTS), two_pass=True, **kwargs)
     if [g.token_ids for g in batched] != [g.token_ids for g in two_pass]:
         failures.append("batched SCMoE differs from two-pass SCMoE")
-    if any(len(g.token_ids) != steps for g in batched):
+    if [len(g.token_ids) for g in batched] != limits:
         failures.append("SCMoE did not decode the requested steps")
+    together = engine.generate(list(PROMPTS), max_new_tokens=steps, ban_eos=True)
+    early = engine.generate(list(PROMPTS), max_new_tokens=limits, ban_eos=True)
+    if [g.token_ids for g in early] != [together[0].token_ids, together[1].token_ids[: limits[1]]]:
+        failures.append("a row leaving the batch changed the tokens (its cache rows were not dropped cleanly)")
     ctl.remove()
     return failures
