@@ -109,3 +109,17 @@ def test_roomy_cache_keeps_the_family_layers_it_does_not_know() -> None:
     assert [type(layer) for layer in full.layers] == [RoomyLayer] * 3
     sliding = roomy_cache(MixtralConfig(num_hidden_layers=2, sliding_window=16))
     assert [type(layer) for layer in sliding.layers] == [DynamicSlidingWindowLayer] * 2
+
+
+def test_continuous_batching_refuses_a_hybrid_cache_before_any_prefill(monkeypatch) -> None:
+    """A recurrent (Mamba) or linear-attention state cannot be left-padded and joined: the engine says
+    so, naming run.schedule, before it prefills anything."""
+    from scmoe_eval.models.census import load_tiny
+
+    loaded, _ = load_tiny("jamba")
+    engine = DecodeEngine(loaded)
+    prefills = []
+    monkeypatch.setattr(Stream, "prefill", lambda *a, **k: prefills.append(1))
+    with pytest.raises(NotImplementedError, match="run.schedule=static"):
+        engine.generate_continuous(PROMPTS[:3], batch_size=2, max_new_tokens=4)
+    assert prefills == []

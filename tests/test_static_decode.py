@@ -94,3 +94,19 @@ def test_compiled_scmoe_on_other_router_kinds(family, one_thread) -> None:
     kw = dict(max_new_tokens=[12, 5], ban_eos=True, contrast=contrast)
     got = DecodeEngine(loaded, compile=True).generate(PROMPTS, **kw)
     assert _ids(got) == _ids(DecodeEngine(loaded).generate(PROMPTS, **kw))
+
+
+@pytest.mark.parametrize("module", ["jamba", "gpt_oss"])
+def test_compiled_decode_on_hybrid_and_sliding_caches(module, one_thread) -> None:
+    """Jamba (Mamba states beside attention KV) and GPT-OSS (sliding-window layers): greedy with a row
+    ending early, and seeded SCMoE samples fanned out from one prefill (the cache rows, recurrent
+    states included, rebuilt before the first compiled step), give the eager tokens."""
+    from scmoe_eval.models.census import load_tiny
+
+    loaded, _ = load_tiny(module)
+    eager, compiled = DecodeEngine(loaded), DecodeEngine(loaded, compile=True)
+    contrast = Contrast(RoutingPolicy.default(), RoutingPolicy.rank(2))
+    for kw in (dict(max_new_tokens=[10, 4], ban_eos=True),
+               dict(max_new_tokens=6, sampling=SamplingParams(temperature=0.8), seeds=list(range(4)), num_samples=2,
+                    contrast=contrast)):
+        assert _ids(compiled.generate(PROMPTS, **kw)) == _ids(eager.generate(PROMPTS, **kw)), kw

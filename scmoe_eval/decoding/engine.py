@@ -31,6 +31,8 @@ from scmoe_eval.decoding.streams import (
     Stream,
     StreamFactory,
     TwoStreamScorer,
+    refuse_unjoinable,
+    roomy_cache,
 )
 from scmoe_eval.decoding.static import StaticStream
 from scmoe_eval.decoding.traffic import expert_bytes, experts_modules
@@ -288,6 +290,7 @@ class DecodeEngine:
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        refuse_unjoinable(roomy_cache(self.model.config))  # before any prefill: the cache kind is in the config
         n = len(prompts)
         if n == 0:
             return []

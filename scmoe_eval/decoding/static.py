@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 from transformers import StaticCache
+from transformers.cache_utils import LinearAttentionCacheLayerMixin
 
 from scmoe_eval.decoding.streams import Hidden, Stream
 
@@ -90,10 +91,17 @@ class StaticStream(Stream):
         self.live = live[rows.to(self.device)]  # policies stay: every row still runs, under its own routing
 
     def _reselect(self, rows: Tensor) -> None:
+        """Rebuild every layer's rows at new fixed addresses (in-place updates there; CUDA graphs)."""
         for layer in self.cache.layers:  # StaticLayer has no batch_select_indices
-            layer.keys, layer.values, layer.batch_size = layer.keys[rows], layer.values[rows], len(rows)
-            torch._dynamo.mark_static_address(layer.keys)  # in-place updates at a fixed address (CUDA graphs)
-            torch._dynamo.mark_static_address(layer.values)
+            if isinstance(layer, LinearAttentionCacheLayerMixin):  # hybrid families: recurrent / conv states
+                LinearAttentionCacheLayerMixin.reorder_cache(layer, rows)
+                for state in (*layer.conv_states.values(), *layer.recurrent_states.values()):
+                    if state is not None:
+                        torch._dynamo.mark_static_address(state)
+            if isinstance(getattr(layer, "keys", None), Tensor) and layer.keys.dim() == 4:  # attention KV
+                layer.keys, layer.values, layer.batch_size = layer.keys[rows], layer.values[rows], len(rows)
+                torch._dynamo.mark_static_address(layer.keys)
+                torch._dynamo.mark_static_address(layer.values)
         self.mask = self.mask[rows]
         self.next_pos = self.next_pos[rows]
         if self.policies is not None:

@@ -130,11 +130,11 @@ class Stream:
         """
         if other.model is not self.model:
             raise ValueError("streams of different models cannot share a batch")
+        for cache in (self.cache, other.cache):
+            refuse_unjoinable(cache)
         pick: Any = slice(None) if rows is None else rows.to(self.device)
         width = max(self.mask.shape[1], other.mask.shape[1])
         for i, (mine, theirs) in enumerate(zip(self.cache.layers, other.cache.layers)):
-            if type(mine) not in (DynamicLayer, RoomyLayer) or type(theirs) not in (DynamicLayer, RoomyLayer):
-                raise NotImplementedError(f"continuous batching needs full-attention DynamicLayer caches, not {type(mine).__name__}")
             joined = RoomyLayer()
             joined.lazy_initialization(mine.keys, mine.values)
             joined.keys = torch.cat([_pad_left(mine.keys, width, -2), _pad_left(theirs.keys[pick], width, -2)])
@@ -150,6 +150,7 @@ class Stream:
 
     def trim_left(self) -> None:
         """Drop leading positions that are padding in every row (left behind by rows that finished)."""
+        refuse_unjoinable(self.cache)
         first = int(self.mask.any(dim=0).int().argmax())  # the one host sync
         if first == 0:
             return
@@ -220,6 +221,15 @@ def roomy_cache(config: Any) -> DynamicCache:
     if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:  # layers created lazily
         cache.layer_class_to_replicate = RoomyLayer
     return cache
+
+
+def refuse_unjoinable(cache: DynamicCache) -> None:
+    """Continuous batching left-pads and joins caches position by position, which only full-attention KV
+    layers allow (a sliding window or a recurrent state has no per-position layout to pad)."""
+    other = next((type(layer).__name__ for layer in cache.layers if type(layer) not in (DynamicLayer, RoomyLayer)), None)
+    if other is not None:
+        raise NotImplementedError(f"continuous batching needs full-attention KV caches; this model's cache has "
+                                  f"{other} layers: use run.schedule=static")
 
 
 def _pad_left(x: Tensor, width: int, dim: int) -> Tensor:
