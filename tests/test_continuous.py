@@ -123,3 +123,17 @@ def test_continuous_batching_refuses_a_hybrid_cache_before_any_prefill(monkeypat
     with pytest.raises(NotImplementedError, match="run.schedule=static"):
         engine.generate_continuous(PROMPTS[:3], batch_size=2, max_new_tokens=4)
     assert prefills == []
+
+
+def test_minimax_cache_is_its_own_and_refused_where_it_cannot_go() -> None:
+    """MiniMax decodes on the MiniMaxCache its catalog entry declares (its model refuses DynamicCache);
+    continuous batching and the compiled decode refuse it with the config key to change."""
+    from scmoe_eval.models.census import load_tiny
+
+    loaded, _ = load_tiny("minimax")
+    stream = Stream(loaded.model, loaded.controller)
+    assert type(stream.cache).__name__ == "MiniMaxCache" and stream.cache.layer_class_to_replicate is RoomyLayer
+    with pytest.raises(NotImplementedError, match="MiniMaxCache.*run.schedule=static"):
+        DecodeEngine(loaded).generate_continuous(PROMPTS[:2], batch_size=2, max_new_tokens=2)
+    with pytest.raises(ValueError, match="run.compile=false"):
+        DecodeEngine(loaded, compile=True).generate(PROMPTS[:1], max_new_tokens=2)

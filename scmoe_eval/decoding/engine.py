@@ -31,8 +31,8 @@ from scmoe_eval.decoding.streams import (
     Stream,
     StreamFactory,
     TwoStreamScorer,
+    new_cache,
     refuse_unjoinable,
-    roomy_cache,
 )
 from scmoe_eval.decoding.static import StaticStream
 from scmoe_eval.decoding.traffic import expert_bytes, experts_modules
@@ -178,6 +178,10 @@ class DecodeEngine:
         """`Stream`, or under `compile` a StaticStream sized for `static_tokens` new tokens."""
         if not self.compile:
             return Stream
+        own = getattr(self.controller.adapter, "cache_class", "")
+        if own:
+            raise ValueError(f"run.compile: {self.controller.adapter.name} decodes on its own {own}, which has no "
+                             "static form; use run.compile=false")
         if static_tokens is None:
             raise ValueError("compiled decoding needs a fixed batch shape: continuous batching runs eager (compile=False)")
         mode = "reduce-overhead" if self.device.type == "cuda" else "default"  # reduce-overhead = CUDA graphs
@@ -290,7 +294,7 @@ class DecodeEngine:
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        refuse_unjoinable(roomy_cache(self.model.config))  # before any prefill: the cache kind is in the config
+        refuse_unjoinable(new_cache(self.model, self.controller))  # before any prefill: no tensors built yet
         n = len(prompts)
         if n == 0:
             return []

@@ -14,6 +14,7 @@ moves into `RoomyLayer`s, whose decode steps write in place).
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer
 
 from scmoe_eval.decoding.scmoe import scmoe_logits
 
@@ -65,7 +66,7 @@ class Stream:
         self.policies = None if policies is None else tuple(policies)  # one per row; None = stock for all rows
         self.device = model.get_input_embeddings().weight.device
         self.out_device = out_device if out_device is not None else self.device
-        self.cache = roomy_cache(model.config)
+        self.cache = new_cache(model, controller)
         self.mask: Tensor | None = None  # (R, T) 1 = real token
         self.next_pos: Tensor | None = None  # (R, 1)
 
@@ -114,8 +115,7 @@ class Stream:
     def select(self, rows: Tensor) -> None:
         """Keep only `rows` (indices into the current rows, repeats allowed) in the batch and the cache."""
         rows = rows.to(self.device)
-        self.cache.reorder_cache(rows)  # every layer kind's rows: KV, and linear-attention / SSM states, which
-        # batch_select_indices misses (AttributeError, or only the KV half of a hybrid layer)
+        select_rows(self.cache, rows)
         self.mask = self.mask[rows]
         self.next_pos = self.next_pos[rows]
         if self.policies is not None:
@@ -160,7 +160,7 @@ class Stream:
 
     def repeat(self, k: int) -> None:
         """Row r becomes rows r*k .. r*k+k-1 (same cache, mask and positions)."""
-        self.cache.reorder_cache(torch.arange(self.mask.shape[0], device=self.device).repeat_interleave(k))
+        select_rows(self.cache, torch.arange(self.mask.shape[0], device=self.device).repeat_interleave(k))
         self.mask = self.mask.repeat_interleave(k, 0)
         self.next_pos = self.next_pos.repeat_interleave(k, 0)
         if self.policies is not None:
@@ -213,20 +213,45 @@ class RoomyLayer(DynamicLayer):
         return view
 
 
+def new_cache(model: torch.nn.Module, controller: "RoutingController | None" = None) -> DynamicCache:
+    """The decode cache for `model`: transformers' DynamicCache, or the family's own class where its model
+    refuses DynamicCache (`FamilyAdapter.cache_class`, e.g. MiniMaxCache; built without arguments, as the
+    model itself builds it). Full-attention layers become RoomyLayers either way."""
+    name = getattr(getattr(controller, "adapter", None), "cache_class", "")
+    if not name:
+        return roomy_cache(model.config)
+    return _roomy(getattr(importlib.import_module(type(model).__module__), name)())
+
+
 def roomy_cache(config: Any) -> DynamicCache:
     """transformers' DynamicCache for `config`, its full-attention layers RoomyLayers (in-place decode
     steps); sliding-window, linear-attention and SSM layers stay the family's own."""
-    cache = DynamicCache(config=config)
+    return _roomy(DynamicCache(config=config))
+
+
+def _roomy(cache: DynamicCache) -> DynamicCache:
     cache.layers = [RoomyLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
     if getattr(cache, "layer_class_to_replicate", None) is DynamicLayer:  # layers created lazily
         cache.layer_class_to_replicate = RoomyLayer
     return cache
 
 
+def select_rows(cache: Cache, rows: Tensor) -> None:
+    """Keep `rows` (repeats allowed) of every layer: KV and the linear-attention / SSM states, which
+    `batch_select_indices` misses on transformers' layers (AttributeError, or only the KV half of a hybrid
+    layer), so `reorder_cache`; a family cache class that selects its own extra state keeps its method."""
+    if type(cache).batch_select_indices is not Cache.batch_select_indices:
+        cache.batch_select_indices(rows)  # e.g. MiniMaxCache: its linear_cache lives outside the layers
+    else:
+        cache.reorder_cache(rows)
+
+
 def refuse_unjoinable(cache: DynamicCache) -> None:
     """Continuous batching left-pads and joins caches position by position, which only full-attention KV
     layers allow (a sliding window or a recurrent state has no per-position layout to pad)."""
     other = next((type(layer).__name__ for layer in cache.layers if type(layer) not in (DynamicLayer, RoomyLayer)), None)
+    if type(cache) is not DynamicCache:
+        other = type(cache).__name__
     if other is not None:
         raise NotImplementedError(f"continuous batching needs full-attention KV caches; this model's cache has "
                                   f"{other} layers: use run.schedule=static")

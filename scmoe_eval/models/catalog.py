@@ -84,6 +84,7 @@ class Family:
     topk_exact: bool = True
     min_width: int = 1  # fewest expert slots the MoE block accepts (the controller pads narrower selections)
     cache: str = "attention"  # what the decode cache holds besides attention KV: attention | <the state kind>
+    cache_class: str = ""  # the family's own Cache class (its modeling module), where the model refuses DynamicCache
     flagship: str = ""  # Hub id of the flagship checkpoint (conf/model/<module>.yaml)
     flagship_params_b: float = 0.0  # total parameters, billions (device_map=auto above ~20B)
 
@@ -116,10 +117,7 @@ FAMILIES: tuple[Family, ...] = (
            note="shared expert outside the router", flagship="Qwen/Qwen3-Next-80B-A3B-Instruct",
            flagship_params_b=80.0),
     Family("qwen4_exp", kind=SOFTMAX_TOPK, cache="linear attention"),
-    Family("minimax", cache="lightning (linear) attention", reason="router kind softmax top-k (renormalised) is "
-           "declared, but MiniMaxModel refuses transformers' DynamicCache and needs its own MiniMaxCache; the engine's "
-           "Stream builds a DynamicCache (which serves every other hybrid here), so MiniMax needs a cache kind in "
-           "decoding/engine.py first"),
+    Family("minimax", kind=SOFTMAX_TOPK_NORM, cache="lightning (linear) attention", cache_class="MiniMaxCache"),
     Family("qwen3_5_moe", kind=SOFTMAX_TOPK_NORM, cache="gated DeltaNet (linear attention)"),
     Family("hunyuan_v1_moe", router=("Gate",), kind=SOFTMAX_TOPK_NORM,
            flagship="tencent/Hunyuan-A13B-Instruct", flagship_params_b=80.0),

@@ -71,6 +71,7 @@ class FamilyAdapter:
     # for r <= own k is column r-1 (a sorted torch.topk on the ranking key, with no expert groups).
     stock_ranked: ClassVar[bool] = True
     min_width: ClassVar[int] = 1  # fewest expert slots the family's MoE block accepts per token
+    cache_class: ClassVar[str] = ""  # the family's own Cache class in its modeling module ("" = DynamicCache)
 
     def find_routers(self, model: nn.Module) -> list[nn.Module]:
         return [m for m in model.modules() if type(m).__name__.endswith(self.router_suffixes)]
@@ -299,6 +300,10 @@ class KindAdapter(FamilyAdapter):
     @property
     def min_width(self) -> int:  # type: ignore[override]
         return self.family.min_width
+
+    @property
+    def cache_class(self) -> str:  # type: ignore[override]
+        return self.family.cache_class
 
     @property
     def stock_ranked(self) -> bool:  # type: ignore[override]
