@@ -96,11 +96,12 @@ def test_compiled_scmoe_on_other_router_kinds(family, one_thread) -> None:
     assert _ids(got) == _ids(DecodeEngine(loaded).generate(PROMPTS, **kw))
 
 
-@pytest.mark.parametrize("module", ["jamba", "gpt_oss"])
+@pytest.mark.parametrize("module", ["jamba", "qwen3_next", "gpt_oss"])
 def test_compiled_decode_on_hybrid_and_sliding_caches(module, one_thread) -> None:
-    """Jamba (Mamba states beside attention KV) and GPT-OSS (sliding-window layers): greedy with a row
-    ending early, and seeded SCMoE samples fanned out from one prefill (the cache rows, recurrent
-    states included, rebuilt before the first compiled step), give the eager tokens."""
+    """Jamba (Mamba states beside attention KV), Qwen3-Next (gated DeltaNet linear attention) and GPT-OSS
+    (sliding-window layers): greedy with a row ending early, and seeded SCMoE samples fanned out from
+    one prefill (the cache rows, recurrent states included, rebuilt before the first compiled step),
+    give the eager tokens."""
     from scmoe_eval.models.census import load_tiny
 
     loaded, _ = load_tiny(module)
