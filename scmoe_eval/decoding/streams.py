@@ -254,8 +254,8 @@ def refuse_unjoinable(cache: DynamicCache) -> None:
     if type(cache) is not DynamicCache:
         other = type(cache).__name__
     if other is not None:
-        raise NotImplementedError(f"continuous batching needs full-attention KV caches; this model's cache has "
-                                  f"{other} layers: use run.schedule=static")
+        raise NotImplementedError(f"continuous batching needs full-attention KV caches; this model's cache holds "
+                                  f"{other}, which cannot be left-padded and joined: use run.schedule=static")
 
 
 def _pad_left(x: Tensor, width: int, dim: int) -> Tensor:
