@@ -30,11 +30,8 @@ SCMOE = Contrast(RoutingPolicy.topk(2), RoutingPolicy.rank(2))
 
 
 def scorer(engine: DecodeEngine, method: str, n: int, stock: bool) -> PlainScorer | PairedScorer:
-    """A fresh scorer for n prompts; `stock` puts its stream on transformers' DynamicCache."""
-    if method == "greedy":
-        s = PlainScorer(engine.model, engine.controller, n, None, None)
-    else:
-        s = PairedScorer(engine.model, engine.controller, n, SCMOE, None)
+    """The engine's own scorer for n prompts; `stock` puts its stream on transformers' DynamicCache."""
+    s = engine._scorer(n, None, SCMOE if method == "scmoe" else None, False, None, None)
     if stock:
         s.stream.cache = DynamicCache(config=engine.model.config)
     return s
