@@ -9,9 +9,13 @@ interleave static/continuous; reports generated tokens/s (median) by wall clock 
 CPU time (other jobs still slow it through shared caches), whether the token ids agree, and the
 decode forwards each mode ran (their ratio, step_bound, is what continuous would gain if a step cost
 the same whatever its rows and cache width), their mean rows and row-weighted cache width, and the
-prefill forwards.
+prefill forwards. `--profile` adds one untimed run per mode with profile_decode.Timer's hooks installed:
+seconds in each part of the decode forwards (attention, experts, router, LM head, the rest), in prefill,
+and outside the model (the engine: scoring, stops, joins and row selection), to show which parts
+continuous batching saves and which grow with its fuller, wider steps.
 
   python scripts/bench_continuous.py            # CPU, 1 thread, fixture tiny, B 8 and 16, greedy and SCMoE
+  python scripts/bench_continuous.py --profile --out results/bench/continuous_profile.json
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 
 import torch
 from bench_json import begin, conditions, cpu_args, fixture_engine, write_report
+from profile_decode import Timer
 
 from scmoe_eval.decoding.engine import Contrast
 from scmoe_eval.models.routing import RoutingPolicy
@@ -70,6 +75,16 @@ class Forwards:
                     mean_cache_width=self.row_positions / self.rows)
 
 
+def profiled(engine, fn, prompts: list[str], lengths: list[int]) -> dict[str, float]:
+    """One run of `fn` under the component timer (hooks cost time, so it is not one of the timed rounds)."""
+    timer = Timer(engine.model, engine.controller)
+    start = time.perf_counter()
+    fn(prompts, lengths)
+    wall = time.perf_counter() - start
+    timer.remove()
+    return {k: round(v, 4) for k, v in timer.breakdown(wall).items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=["tiny", "mid"], default="tiny")
@@ -78,6 +93,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=["greedy", "scmoe"], default=["greedy", "scmoe"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="add a per-component time breakdown per mode")
     cpu_args(parser, "results/bench/continuous.json")
     args = parser.parse_args()
     load_start = begin(args)
@@ -123,6 +139,8 @@ def main() -> None:
                                 step_bound=forwards["static"]["decode_steps"] / forwards["continuous"]["decode_steps"],
                                 forwards=forwards,
                                 same_tokens=ids["static"] == ids["continuous"])
+            if args.profile:
+                summary[key]["profile_s"] = {mode: profiled(engine, fn, prompts, lengths) for mode, fn in modes}
             rows += [dict(method=method, batch=batch, mode=m, seconds_runs=[round(t, 3) for t in wall[m]],
                           cpu_seconds_runs=[round(t, 3) for t in cpu[m]]) for m in wall]
             print(key, json.dumps(summary[key]), flush=True)

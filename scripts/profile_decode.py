@@ -1,11 +1,13 @@
 """Where a decode step's time goes, greedy vs batched SCMoE: wall time per module kind per step.
 
 Forward pre/post hooks time the LM head, the attention blocks, the experts modules, the routers and the
-whole model forward of every decode step (prefill excluded); "rest" is the model forward minus those
+whole model forward of every decode step (prefill timed apart); "rest" is the model forward minus those
 (norms, embeddings, residuals). Outside the forward: the engine's own work per step (SCMoE score,
-sampling, stop checks). Methods interleave per round; medians in ms per step.
+sampling, stop checks). Methods interleave per round; medians in ms per step. `Timer` is also used by
+bench_continuous.py --profile.
 
-  python scripts/profile_decode.py    # CPU, 1 thread, mid32k B1 -> results/bench/cpu_profile_mid32k.json
+  python scripts/profile_decode.py                # CPU, 1 thread, mid32k B1 -> results/bench/cpu_profile_mid32k.json
+  python scripts/profile_decode.py --size tiny --out results/bench/cpu_profile_tiny.json
 """
 
 from __future__ import annotations
@@ -19,10 +21,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from transformers import MixtralConfig
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_decode import MID32K, _wrap, prompts, random_mixtral, word_tokenizer  # noqa: E402
+from bench_decode import cpu_subjects, prompts  # noqa: E402
 from bench_json import conditions, write_report  # noqa: E402
 
 from scmoe_eval.decoding.engine import Contrast, DecodeEngine  # noqa: E402
@@ -30,8 +30,12 @@ from scmoe_eval.decoding.traffic import experts_modules  # noqa: E402
 from scmoe_eval.models.routing import RoutingPolicy  # noqa: E402
 
 
+COMPONENTS = ("attention", "router", "experts", "lm_head")
+
+
 class Timer:
-    """Accumulates wall time per component over the decode forwards while installed."""
+    """Accumulates wall time per component over the decode forwards, and of whole prefill forwards,
+    while installed."""
 
     def __init__(self, model: torch.nn.Module, controller) -> None:
         self.model, self.totals, self.steps = model, defaultdict(float), 0
@@ -52,9 +56,12 @@ class Timer:
         self._start[id(m)] = time.perf_counter()
 
     def _model_post(self, m, args, out):
+        elapsed = time.perf_counter() - self._start[id(m)]
         if self._decode:
-            self.totals["model_forward"] += time.perf_counter() - self._start[id(m)]
+            self.totals["model_forward"] += elapsed
             self.steps += 1
+        else:
+            self.totals["prefill"] += elapsed
 
     def _pre(self, m):
         self._start[id(m)] = time.perf_counter()
@@ -67,9 +74,19 @@ class Timer:
         for h in self.handles:
             h.remove()
 
+    def breakdown(self, wall: float) -> dict[str, float]:
+        """Seconds per component over a run of `wall` seconds: decode-forward parts, prefill, and the
+        engine's own work outside the model (scoring, stops, cache joins and row selection)."""
+        t = {k: self.totals[k] for k in COMPONENTS}
+        t["rest_of_forward"] = self.totals["model_forward"] - sum(t.values())
+        t["prefill"] = self.totals["prefill"]
+        t["outside_model"] = wall - self.totals["model_forward"] - self.totals["prefill"]
+        return dict(t, total=wall, decode_steps=self.steps)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=["tiny", "mid32k"], default="mid32k")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
@@ -78,9 +95,8 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     load_start = os.getloadavg()
-    config = MixtralConfig(**MID32K)
-    subject = _wrap("mid32k", random_mixtral(config, "cpu", torch.float32), word_tokenizer(config.vocab_size), "cpu")
-    texts = prompts(args.batch, 32, config.vocab_size)
+    subject = cpu_subjects([args.size])[0]
+    texts = prompts(args.batch, 32, subject.loaded.model.config.vocab_size)
     contrast = Contrast(RoutingPolicy.topk(2), RoutingPolicy.rank(2))
     before = DecodeEngine(subject.loaded, decode_experts="grouped_mm")  # the CPU path before issue 9
     runs = {"greedy": (subject.engine, None), "scmoe": (subject.engine, contrast),
@@ -94,8 +110,8 @@ def main() -> None:
                 engine.generate(texts, max_new_tokens=args.new_tokens, ban_eos=True, contrast=c)
                 wall = time.perf_counter() - start
                 timer.remove()
-                t = {k: 1000 * v / timer.steps for k, v in timer.totals.items()}
-                t["rest_of_forward"] = t["model_forward"] - sum(t[k] for k in ("lm_head", "experts", "router", "attention"))
+                t = {k: 1000 * v / timer.steps for k, v in timer.totals.items() if k != "prefill"}
+                t["rest_of_forward"] = t["model_forward"] - sum(t[k] for k in COMPONENTS)
                 t["per_token_total"] = 1000 * wall / args.new_tokens
                 per_round[name].append(t)
     summary = {name: {k: statistics.median(r[k] for r in rounds[1:]) for k in rounds[0]} for name, rounds in per_round.items()}
@@ -103,7 +119,7 @@ def main() -> None:
         print(name, {k: round(v, 2) for k, v in t.items()})
     write_report(args.out, dict(
         **conditions(load_start),
-        settings=dict(model="mid32k", batch=args.batch, new_tokens=args.new_tokens, rounds=args.rounds,
+        settings=dict(model=args.size, batch=args.batch, new_tokens=args.new_tokens, rounds=args.rounds,
                       unit="ms per decode step (median over rounds)"),
         summary=summary,
     ))

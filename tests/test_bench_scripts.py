@@ -56,3 +56,18 @@ def test_bench_cache_runs_and_both_layouts_agree(tmp_path):
     assert set(summary) == {"greedy/B2", "scmoe/B2"}
     for row in summary.values():
         assert row["same_scores"] is True and len(row["step_ms"]["roomy"]) == len(row["step_ms"]["stock"]) == 70
+
+
+def test_bench_continuous_profile_accounts_for_every_second(tmp_path):
+    """bench_continuous.py --profile: both modes give the same tokens, each mode's components add up
+    to its wall time, and the timer saw exactly the decode forwards the step counter counted."""
+    out = tmp_path / "continuous.json"
+    done = _run(["scripts/bench_continuous.py", "--items", "6", "--batch", "2", "--rounds", "1", "--methods", "greedy",
+                 "--profile", "--out", str(out)], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads(out.read_text())["summary"]["greedy/B2"]
+    assert row["same_tokens"] is True
+    for mode, parts in row["profile_s"].items():
+        assert parts["decode_steps"] == row["forwards"][mode]["decode_steps"]
+        spent = sum(v for k, v in parts.items() if k not in ("total", "decode_steps"))
+        assert spent == pytest.approx(parts["total"], abs=2e-3) and min(parts.values()) > 0, parts
