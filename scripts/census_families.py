@@ -2,9 +2,12 @@
 
     python scripts/census_families.py            # regenerate docs/families.md from the catalog + transformers
     python scripts/census_families.py --check    # also run the equivalence core on every supported family
+    python scripts/census_families.py --check-compiled --json results/bench/census_compiled.json
+                                                 # compiled decode vs eager on every supported family (~10 min)
 
 Exits 1 when a family is missing from scmoe_eval/models/catalog.py (or gone from transformers), or,
-with --check, when a supported family fails its checks; --json writes per-family results and times.
+with --check / --check-compiled, when a supported family fails its checks (a family the engine refuses to
+compile, naming run.compile, is reported as refused, not failed); --json writes per-family results and times.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scmoe_eval.models.census import census, check_family, render  # noqa: E402
+from scmoe_eval.models.census import census, check_compiled, check_family, render  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "families.md")
     parser.add_argument("--check", action="store_true", help="run the equivalence core on every supported family")
+    parser.add_argument("--check-compiled", action="store_true",
+                        help="run the compiled decode against the eager one on every supported family")
     parser.add_argument("--json", type=Path, default=None, help="write per-family check results and seconds here")
     args = parser.parse_args(argv)
     rows = census()
@@ -36,19 +41,25 @@ def main(argv: list[str] | None = None) -> int:
     for r in bad:
         print(f"  {r.module}: {r.status}: {r.reason}")
     results = {}
-    if args.check:
+    check = check_family if args.check else check_compiled if args.check_compiled else None
+    if check is not None:
         import torch
 
         torch.set_num_threads(1)
         for r in supported:
             start = time.perf_counter()
-            failures = check_family(r.module)
+            try:
+                failures = check(r.module)
+            except Exception as err:  # one family's crash is its failure, not the end of the census
+                failures = [f"error: {type(err).__name__}: {str(err)[:300]}"]
             results[r.module] = {"failures": failures, "seconds": round(time.perf_counter() - start, 2)}
-            print(f"  {'ok  ' if not failures else 'FAIL'} {r.module} {results[r.module]['seconds']}s {failures or ''}")
+            verdict = "ok  " if not failures else "REFUSED" if failures[0].startswith("refused:") else "FAIL"
+            print(f"  {verdict} {r.module} {results[r.module]['seconds']}s {failures or ''}", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"loadavg": os.getloadavg(), "families": results}, indent=1))
-    return 1 if bad or any(v["failures"] for v in results.values()) else 0
+    failed = [v for v in results.values() if v["failures"] and not v["failures"][0].startswith("refused:")]
+    return 1 if bad or failed else 0
 
 
 if __name__ == "__main__":

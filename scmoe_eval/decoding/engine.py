@@ -34,7 +34,7 @@ from scmoe_eval.decoding.streams import (
     new_cache,
     refuse_unjoinable,
 )
-from scmoe_eval.decoding.static import StaticStream
+from scmoe_eval.decoding.static import StaticStream, allow_recompiles, refusal
 from scmoe_eval.decoding.traffic import expert_bytes, experts_modules
 from scmoe_eval.models.experts import ROUTED as ROUTED_ROWS
 
@@ -178,13 +178,14 @@ class DecodeEngine:
         """`Stream`, or under `compile` a StaticStream sized for `static_tokens` new tokens."""
         if not self.compile:
             return Stream
-        own = getattr(self.controller.adapter, "cache_class", "")
-        if own:
-            raise ValueError(f"run.compile: {self.controller.adapter.name} decodes on its own {own}, which has no "
-                             "static form; use run.compile=false")
+        why = refusal(self.model.config, getattr(self.controller.adapter, "cache_class", ""))
+        if why:
+            raise ValueError(f"run.compile: {self.controller.adapter.name} cannot decode compiled: {why}; "
+                             "use run.compile=false")
         if static_tokens is None:
             raise ValueError("compiled decoding needs a fixed batch shape: continuous batching runs eager (compile=False)")
         mode = "reduce-overhead" if self.device.type == "cuda" else "default"  # reduce-overhead = CUDA graphs
+        allow_recompiles()
         step_fn = self.model.get_compiled_call(CompileConfig(dynamic=False, mode=mode))  # compiled once, kept on the model
         return partial(StaticStream, step_fn=step_fn, max_new_tokens=static_tokens)
 

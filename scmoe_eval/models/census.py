@@ -262,3 +262,50 @@ def check_family(module: str, steps: int = 32) -> list[str]:
         failures.append("a row leaving the batch changed the tokens (its cache rows were not dropped cleanly)")
     ctl.remove()
     return failures
+
+
+@torch.inference_mode()
+def check_compiled(module: str, steps: int = 12) -> list[str]:
+    """The compiled decode (`DecodeEngine(compile=True)`) against the eager one on a tiny `module` model:
+    greedy with a row ending early, batched SCMoE likewise, and seeded SCMoE samples fanned out from one
+    prefill. Each batch shape must compile once: no graph means it ran eager, several mean it recompiled
+    step after step (a guard on a changing Python value). Returns the failures; a family the engine
+    refuses to compile returns ["refused: <the engine's message>"]."""
+    from torch._dynamo.utils import counters
+
+    from scmoe_eval.decoding.engine import Contrast, DecodeEngine
+    from scmoe_eval.decoding.sampler import SamplingParams
+    from scmoe_eval.models.routing import RoutingPolicy as P
+
+    loaded, _ = load_tiny(module)
+    eager, compiled = DecodeEngine(loaded), DecodeEngine(loaded, compile=True)
+    contrast = Contrast(strong=P.default(), weak=P.rank(2))
+    cases = {  # three batch shapes: 2, 4 and 8 rows
+        "greedy": dict(max_new_tokens=[steps, steps // 2], ban_eos=True),
+        "scmoe": dict(max_new_tokens=[steps, steps // 2], ban_eos=True, contrast=contrast),
+        "scmoe samples": dict(max_new_tokens=steps, ban_eos=True, contrast=contrast, num_samples=2,
+                              sampling=SamplingParams(temperature=0.8), seeds=list(range(4))),
+    }
+    failures: list[str] = []
+    torch._dynamo.reset()  # no graph or guard carried over from another family
+    try:
+        for name, kw in cases.items():
+            want = [g.token_ids for g in eager.generate(list(PROMPTS), **kw)]
+            before = counters["stats"]["unique_graphs"]
+            try:
+                got = [g.token_ids for g in compiled.generate(list(PROMPTS), **kw)]
+            except ValueError as err:
+                if "run.compile" in str(err):  # the engine's own refusal, naming the key
+                    return [f"refused: {err}"]
+                raise
+            except Exception as err:  # noqa: BLE001 - a family's crash is its failure, named per case
+                failures.append(f"compiled {name}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+                continue
+            graphs = counters["stats"]["unique_graphs"] - before
+            if not 1 <= graphs <= 3:  # a graph break or two is fine; one graph per step is not
+                failures.append(f"compiled {name} built {graphs} graphs for one batch shape")
+            if got != want:
+                failures.append(f"compiled {name} differs from eager")
+    finally:
+        loaded.controller.remove()
+    return failures

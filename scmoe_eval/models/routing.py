@@ -119,6 +119,8 @@ class _State:
 
     def unit(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """(1, K) weights [1, 0, ..., 0]: a single expert at weight 1, its padding copies at 0."""
+        if torch.compiler.is_compiling():  # a graph constant; a cache lookup here would be guarded on, and recompile
+            return torch.tensor([[1.0] + [0.0] * (self.width - 1)], dtype=dtype, device=device)
         key = (device, dtype)
         if key not in self._units:
             self._units[key] = torch.tensor([[1.0] + [0.0] * (self.width - 1)], dtype=dtype, device=device)
@@ -187,6 +189,12 @@ class RoutingController:
                 self._states.clear()
             self._states[policies] = state
         self._activate(state)
+
+    def prepare(self, device: torch.device, tokens_per_row: int = 1) -> None:
+        """Build the policy in force's per-row picks now, outside any compiled graph: built inside one,
+        the dict insert is traced in and the next call recompiles the graph once (decoding/static.py)."""
+        if self._state is not None and not self._state.stock:
+            self._state.picks(device, tokens_per_row)
 
     @contextmanager
     def use(self, policies: Sequence[RoutingPolicy] | None) -> Iterator["RoutingController"]:
