@@ -268,8 +268,8 @@ def check_family(module: str, steps: int = 32) -> list[str]:
 def check_compiled(module: str, steps: int = 12) -> list[str]:
     """The compiled decode (`DecodeEngine(compile=True)`) against the eager one on a tiny `module` model:
     greedy with a row ending early, batched SCMoE likewise, and seeded SCMoE samples fanned out from one
-    prefill. Each batch shape must compile once: no graph means it ran eager, several mean it recompiled
-    step after step (a guard on a changing Python value). Returns the failures; a family the engine
+    prefill. Each batch shape must compile to one graph: none means it ran eager, several mean it
+    recompiled step after step (a guard on a changing Python value) or broke the graph. Returns the failures; a family the engine
     refuses to compile returns ["refused: <the engine's message>"]."""
     from torch._dynamo.utils import counters
 
@@ -302,7 +302,7 @@ def check_compiled(module: str, steps: int = 12) -> list[str]:
                 failures.append(f"compiled {name}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
                 continue
             graphs = counters["stats"]["unique_graphs"] - before
-            if not 1 <= graphs <= 3:  # a graph break or two is fine; one graph per step is not
+            if graphs != 1:  # 0: ran eager; more: recompiled step after step, or a graph break split the step
                 failures.append(f"compiled {name} built {graphs} graphs for one batch shape")
             if got != want:
                 failures.append(f"compiled {name} differs from eager")

@@ -17,7 +17,6 @@ stock routing bit for bit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any, ClassVar
 
 import torch
@@ -34,7 +33,8 @@ FAMILIES: Registry[type["FamilyAdapter"]] = Registry("model family")
 @dataclass(frozen=True)
 class RouterScores:
     """What every policy needs from one router call. The full expert order costs a sort of all E
-    experts per token, so it is built only when a policy needs it (`top(k)` for rank(k) does not)."""
+    experts per token, so it is built only when a policy needs it (`top(k)` for rank(k) does not).
+    Not a functools.cached_property: its lock breaks a torch.compile graph at every router."""
 
     weights: torch.Tensor  # (T, E): gate value per expert before renormalisation / scaling
     topk_key: torch.Tensor  # (T, E): what the family's own torch.topk runs on (groups masked as it does)
@@ -42,7 +42,7 @@ class RouterScores:
     group_keep: torch.Tensor | None = None  # (T, E) bool: experts of the kept groups rank before all others
     logits: torch.Tensor | None = None  # (T, E): the router logits, for kinds that weight by a softmax over the chosen
 
-    @cached_property
+    @property
     def order(self) -> torch.Tensor:
         """(T, E) int64: expert ids, best first, under the family's ranking."""
         if self.group_keep is None:
@@ -51,7 +51,7 @@ class RouterScores:
 
     def top(self, k: int) -> torch.Tensor:
         """(T, k) int64: the k best experts, best first; a sorted top-k instead of a full sort when it can."""
-        if self.group_keep is None and "order" not in self.__dict__:
+        if self.group_keep is None:
             return self.rank_key.topk(k, dim=-1, sorted=True).indices
         return self.order[:, :k]
 
