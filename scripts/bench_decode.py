@@ -253,8 +253,9 @@ def bench_subject(subject: Subject, batches: list[int], args: argparse.Namespace
             )
             if m in peaks:
                 row["peak_mem_gib"] = peaks[m]
-            if m in traffic:
-                row["traffic"] = traffic[m]
+            counted = {"greedy_compiled": "greedy", "scmoe_compiled": "scmoe_batched"}.get(m, m)  # same routing
+            if counted in traffic:
+                row["traffic"] = traffic[counted]
             rows.append(row)
             print(
                 f"{subject.name:>18} B={batch:<2} {m:<15} {row['ms_per_token']:9.2f} ms/token "
@@ -312,12 +313,15 @@ def summarize(rows: list[dict], subjects: list[Subject], args: argparse.Namespac
                           stock_cache_scmoe_over_greedy=("scmoe_stock_cache", "greedy_stock_cache"))
             entry = {name: ms[a] / ms[c] for name, (a, c) in ratios.items() if a in ms and c in ms}
             entry |= {f"decode_step_{name}": step[a] / step[c] for name, (a, c) in ratios.items() if a in ms and c in ms}
-            traffic = {m: by[(s.name, b, m)].get("traffic") for m in ("greedy", "scmoe_batched") if m in ms}
-            if all(traffic.values()) and len(traffic) == 2:
-                entry["floor_ratio"] = floor_ratio(traffic["scmoe_batched"], traffic["greedy"])
-                entry["weak_extra_experts_per_layer"] = traffic["scmoe_batched"]["weak_extra_per_layer"] / b
-                entry["measured_over_floor"] = entry["scmoe_batched_over_greedy"] / entry["floor_ratio"]
-                entry["decode_step_measured_over_floor"] = entry["decode_step_scmoe_batched_over_greedy"] / entry["floor_ratio"]
+            counts = [by[(s.name, b, m)].get("traffic") for m in ms]  # eager and compiled rows carry the same counts
+            greedy = next((t for m, t in zip(ms, counts) if t and m.startswith("greedy")), None)
+            scmoe = next((t for m, t in zip(ms, counts) if t and m.startswith("scmoe")), None)
+            if greedy and scmoe:
+                entry["floor_ratio"] = floor_ratio(scmoe, greedy)
+                entry["weak_extra_experts_per_layer"] = scmoe["weak_extra_per_layer"] / b
+                if "scmoe_batched_over_greedy" in entry:
+                    entry["measured_over_floor"] = entry["scmoe_batched_over_greedy"] / entry["floor_ratio"]
+                    entry["decode_step_measured_over_floor"] = entry["decode_step_scmoe_batched_over_greedy"] / entry["floor_ratio"]
                 if "scmoe_compiled_over_greedy_compiled" in entry:
                     entry["compiled_measured_over_floor"] = entry["scmoe_compiled_over_greedy_compiled"] / entry["floor_ratio"]
                     entry["decode_step_compiled_measured_over_floor"] = (
