@@ -34,15 +34,15 @@ BUCKET = 256  # cache length granularity: prompt lengths within one bucket share
 # (rows, cache bucket, policy list) is one graph of transformers' shared forward wrapper, and a long run
 # meets more than 8 (last batches, several prompt-length buckets, greedy and SCMoE, more than one model).
 RECOMPILE_LIMIT = 64
+# cache layer kinds a StaticStream holds with the eager path's tokens (scmoe_eval.models.census.check_compiled)
+STATIC_KINDS = frozenset({"full_attention", "sliding_attention", "chunked_attention", "linear_attention", "conv",
+                          "hybrid", "hybrid_sliding", "dummy"})
 
 
 def allow_recompiles() -> None:
     """Raise torch's per-code-object graph limit to RECOMPILE_LIMIT (process-wide, never lowered; a
     config patch per step would cost ~0.2 ms)."""
     torch._dynamo.config.recompile_limit = max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)
-# cache layer kinds a StaticStream holds with the eager path's tokens (scmoe_eval.models.census.check_compiled)
-STATIC_KINDS = frozenset({"full_attention", "sliding_attention", "chunked_attention", "linear_attention", "conv",
-                          "hybrid", "hybrid_sliding", "dummy"})
 
 
 def refusal(config: Any, cache_class: str = "") -> str | None:
