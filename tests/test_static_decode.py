@@ -131,11 +131,14 @@ def test_compiled_decode_on_hybrid_and_sliding_caches(module, one_thread) -> Non
         assert graphs == 1, (graphs, kw)
 
 
-def test_compile_is_refused_where_no_static_cache_gives_the_eager_tokens() -> None:
+@pytest.mark.parametrize("module", ["deepseek_v32", "llama4"])
+def test_compile_is_refused_where_it_would_not_give_a_compiled_eager_equal_step(module) -> None:
     """DeepSeek-V3.2's sparse-attention indexer (transformers' own generate gives other tokens on a
-    static cache): refused before any prefill, naming run.compile (MiniMax: tests/test_continuous.py)."""
+    static cache), and Llama 4, which transformers' get_compiled_call hands back uncompiled (a run
+    asking for compile would silently decode eager): refused before any decode step, naming
+    run.compile (MiniMax: tests/test_continuous.py)."""
     from scmoe_eval.models.census import load_tiny
 
-    loaded, _ = load_tiny("deepseek_v32")
+    loaded, _ = load_tiny(module)
     with pytest.raises(ValueError, match=r"run\.compile=false"):
         DecodeEngine(loaded, compile=True).generate(PROMPTS, max_new_tokens=2)

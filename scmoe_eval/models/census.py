@@ -268,9 +268,11 @@ def check_family(module: str, steps: int = 32) -> list[str]:
 def check_compiled(module: str, steps: int = 12) -> list[str]:
     """The compiled decode (`DecodeEngine(compile=True)`) against the eager one on a tiny `module` model:
     greedy with a row ending early, batched SCMoE likewise, and seeded SCMoE samples fanned out from one
-    prefill. Each batch shape must compile to one graph: none means it ran eager, several mean it
-    recompiled step after step (a guard on a changing Python value) or broke the graph. Returns the failures; a family the engine
-    refuses to compile returns ["refused: <the engine's message>"]."""
+    prefill. Each batch shape must compile to one graph: none means it ran eager, several without a
+    graph break mean it recompiled step after step (a guard on a changing Python value). Graph breaks in
+    a family's own modeling code (a data-dependent experts loop) cost speed, not tokens: they come back
+    as "note: ..." entries, not failures. A family the engine refuses to compile returns
+    ["refused: <the engine's message>"]."""
     from torch._dynamo.utils import counters
 
     from scmoe_eval.decoding.engine import Contrast, DecodeEngine
@@ -292,6 +294,7 @@ def check_compiled(module: str, steps: int = 12) -> list[str]:
         for name, kw in cases.items():
             want = [g.token_ids for g in eager.generate(list(PROMPTS), **kw)]
             before = counters["stats"]["unique_graphs"]
+            breaks_before = sum(counters["graph_break"].values())
             try:
                 got = [g.token_ids for g in compiled.generate(list(PROMPTS), **kw)]
             except ValueError as err:
@@ -302,8 +305,11 @@ def check_compiled(module: str, steps: int = 12) -> list[str]:
                 failures.append(f"compiled {name}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
                 continue
             graphs = counters["stats"]["unique_graphs"] - before
-            if graphs != 1:  # 0: ran eager; more: recompiled step after step, or a graph break split the step
+            breaks = sum(counters["graph_break"].values()) - breaks_before
+            if graphs == 0 or (graphs > 1 and not breaks):  # ran eager, or recompiled step after step
                 failures.append(f"compiled {name} built {graphs} graphs for one batch shape")
+            elif breaks:
+                failures.append(f"note: compiled {name}: {breaks} graph breaks, {graphs} graphs")
             if got != want:
                 failures.append(f"compiled {name} differs from eager")
     finally:
