@@ -187,7 +187,7 @@ class DecodeEngine:
         mode = "reduce-overhead" if self.device.type == "cuda" else "default"  # reduce-overhead = CUDA graphs
         allow_recompiles()
         step_fn = self.model.get_compiled_call(CompileConfig(dynamic=False, mode=mode))  # compiled once, kept on the model
-        if not hasattr(step_fn, "_torchdynamo_orig_callable"):  # transformers hands some families back uncompiled
+        if step_fn == self.model.__call__:  # transformers hands some families back uncompiled (Llama 4)
             raise ValueError(f"run.compile: transformers does not compile {self.controller.adapter.name} "
                              "(get_compiled_call returns its eager call); use run.compile=false")
         return partial(StaticStream, step_fn=step_fn, max_new_tokens=static_tokens)
