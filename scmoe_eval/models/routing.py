@@ -119,11 +119,14 @@ class _State:
 
     def unit(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """(1, K) weights [1, 0, ..., 0]: a single expert at weight 1, its padding copies at 0."""
-        if torch.compiler.is_compiling():  # a graph constant; a cache lookup here would be guarded on, and recompile
+        def build() -> torch.Tensor:
             return torch.tensor([[1.0] + [0.0] * (self.width - 1)], dtype=dtype, device=device)
+
+        if torch.compiler.is_compiling():  # a graph constant: a cache lookup here is guarded on, and recompiles
+            return build()
         key = (device, dtype)
         if key not in self._units:
-            self._units[key] = torch.tensor([[1.0] + [0.0] * (self.width - 1)], dtype=dtype, device=device)
+            self._units[key] = build()
         return self._units[key]
 
 
