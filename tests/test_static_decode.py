@@ -84,11 +84,9 @@ def test_continuous_batching_refuses_the_compiled_engine(engines) -> None:
 
 def _graphs_built(fn) -> int:
     """How many graphs torch.compile built while `fn` ran (0: it ran eager; one per step: it recompiled)."""
-    from torch._dynamo.utils import counters
+    from scmoe_eval.models.census import compile_counts
 
-    before = counters["stats"]["unique_graphs"]
-    fn()
-    return counters["stats"]["unique_graphs"] - before
+    return compile_counts(fn)[0]
 
 
 @pytest.mark.parametrize("family", ["qwen2_moe", "deepseek_v3"])

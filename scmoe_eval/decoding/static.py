@@ -116,12 +116,15 @@ class StaticStream(Stream):
         self.width += 1
         pos = self.next_pos
         self.next_pos = pos + 1
-        if self.controller is not None:
-            self._route()
-            self.controller.prepare(self.device)
         if self.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
         return self._forward(tokens[:, None], pos, hidden, call=self.step_fn)
+
+    def _route(self) -> None:
+        """Set this stream's policies, and build their per-row picks outside the compiled graph."""
+        super()._route()
+        if self.controller is not None:
+            self.controller.prepare(self.device)
 
     def logits(self, out: Any) -> Tensor:
         """(N, V) float32 for the live rows; always a copy (a CUDA graph's next replay overwrites its output)."""

@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import transformers
@@ -264,6 +265,16 @@ def check_family(module: str, steps: int = 32) -> list[str]:
     return failures
 
 
+def compile_counts(fn: Callable[[], Any]) -> tuple[int, int]:
+    """(graphs built, graph breaks) by torch.compile while `fn` ran: 0 graphs = it ran eager; more than one
+    without a break = it recompiled."""
+    from torch._dynamo.utils import counters
+
+    graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+    fn()
+    return counters["stats"]["unique_graphs"] - graphs, sum(counters["graph_break"].values()) - breaks
+
+
 @torch.inference_mode()
 def check_compiled(module: str, steps: int = 12) -> list[str]:
     """The compiled decode (`DecodeEngine(compile=True)`) against the eager one on a tiny `module` model:
@@ -273,8 +284,6 @@ def check_compiled(module: str, steps: int = 12) -> list[str]:
     a family's own modeling code (a data-dependent experts loop) cost speed, not tokens: they come back
     as "note: ..." entries, not failures. A family the engine refuses to compile returns
     ["refused: <the engine's message>"]."""
-    from torch._dynamo.utils import counters
-
     from scmoe_eval.decoding.engine import Contrast, DecodeEngine
     from scmoe_eval.decoding.sampler import SamplingParams
     from scmoe_eval.models.routing import RoutingPolicy as P
@@ -293,10 +302,10 @@ def check_compiled(module: str, steps: int = 12) -> list[str]:
     try:
         for name, kw in cases.items():
             want = [g.token_ids for g in eager.generate(list(PROMPTS), **kw)]
-            before = counters["stats"]["unique_graphs"]
-            breaks_before = sum(counters["graph_break"].values())
+            got: list[list[int]] = []
             try:
-                got = [g.token_ids for g in compiled.generate(list(PROMPTS), **kw)]
+                graphs, breaks = compile_counts(
+                    lambda: got.extend(g.token_ids for g in compiled.generate(list(PROMPTS), **kw)))  # noqa: B023
             except ValueError as err:
                 if "run.compile" in str(err):  # the engine's own refusal, naming the key
                     return [f"refused: {err}"]
@@ -304,8 +313,6 @@ def check_compiled(module: str, steps: int = 12) -> list[str]:
             except Exception as err:  # noqa: BLE001 - a family's crash is its failure, named per case
                 failures.append(f"compiled {name}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
                 continue
-            graphs = counters["stats"]["unique_graphs"] - before
-            breaks = sum(counters["graph_break"].values()) - breaks_before
             if graphs == 0 or (graphs > 1 and not breaks):  # ran eager, or recompiled step after step
                 failures.append(f"compiled {name} built {graphs} graphs for one batch shape")
             elif breaks:
